@@ -1,0 +1,1 @@
+"""Loss functions: the focal region loss (RAT, Eq. 5)."""

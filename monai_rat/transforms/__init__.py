@@ -1,0 +1,1 @@
+"""Transforms: region partitions and degradation simulators."""
