@@ -1,0 +1,19 @@
+"""Building blocks of RAT: NAFBlock, LayerNorm2d, region attention (R-MSA), window attention (W-MSA)."""
+
+from monai_rat.networks.blocks.layernorm import LayerNorm2d
+from monai_rat.networks.blocks.nafblock import NAFBlock, SimpleGate
+from monai_rat.networks.blocks.rat_layer import MLP, RATGroup, RATLayer
+from monai_rat.networks.blocks.region_attention import RegionAttention, RegionPlan
+from monai_rat.networks.blocks.window_attention import WindowAttention
+
+__all__ = [
+    "LayerNorm2d",
+    "NAFBlock",
+    "SimpleGate",
+    "MLP",
+    "RATGroup",
+    "RATLayer",
+    "RegionAttention",
+    "RegionPlan",
+    "WindowAttention",
+]

@@ -1,0 +1,217 @@
+"""RAT: the Region Attention Transformer for medical image restoration (Yang et al., MICCAI 2024)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_rat.networks.blocks.nafblock import NAFBlock
+from monai_rat.networks.blocks.rat_layer import ATTENTIONS, RATGroup
+from monai_rat.networks.blocks.region_attention import RegionAttention, RegionPlan
+from monai_rat.utils import as_region_labels
+
+__all__ = ["RAT", "convert_reference_state_dict"]
+
+REGION_MAP_HELP = (
+    "Make one with monai_rat.transforms (SAM or superpixel partition of the low-quality input), "
+    "or pass torch.ones_like(x[:, :1], dtype=torch.long) for a single region (global attention)."
+)
+
+
+class RAT(nn.Module):
+    """Region Attention Transformer: a NAFNet U-shape whose latent features are refined by RAT layers.
+
+    ``intro`` 3x3 conv -> encoder levels (NAFBlocks, 2x down-sampling conv doubling channels) ->
+    ``num_groups`` groups of ``layers_per_group`` RAT layers at 1/2**levels resolution -> decoder levels
+    (1x1 conv + pixel shuffle halving channels, add the encoder skip, NAFBlocks) -> ``ending`` 3x3 conv ->
+    add the input. At the defaults this is exactly the paper's model (15,945,025 parameters for one
+    channel in and out), with the reference implementation's parameter names, so its checkpoints load.
+
+    The region map is given at input resolution and down-sampled to the latent grid by taking the
+    top-left pixel of each cell (nearest neighbour, as Eq. 2 and the reference code). Inputs of any
+    size are padded (image: reflect, or replicate where the image is smaller than the padding; region
+    map: replicate) to a multiple of ``2**levels * window_size`` and the output is cropped back.
+
+    Args:
+        spatial_dims: must be 2 (RAT is a 2D network; volumes go slice by slice).
+        in_channels: image channels in.
+        out_channels: image channels out; must equal ``in_channels`` (global residual).
+        feature_size: channels after ``intro`` (64); doubled at each encoder level.
+        enc_blocks: NAFBlocks per encoder level; its length is the number of levels.
+        dec_blocks: NAFBlocks per decoder level; same length as ``enc_blocks``.
+        num_groups: latent groups (4).
+        layers_per_group: RAT layers per group (3).
+        num_heads: attention heads (8).
+        window_size: W-MSA window side (4).
+        mlp_ratio: MLP expansion (2.0).
+        region_bias: cross-region logit of the reference R-MSA form (-1000).
+        attention: ``"region"`` (R-MSA, the paper), ``"global"`` (MSA) or ``"window"`` (W-MSA): Table 4's ablation.
+        attention_impl: ``"fast"`` (default, exact, no N x N mask) or ``"reference"`` (dense mask) R-MSA.
+
+    Raises:
+        ValueError: for unsupported dimensions, channel counts, block lists or attention names.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        feature_size: int = 64,
+        enc_blocks: Sequence[int] = (2, 2),
+        dec_blocks: Sequence[int] = (2, 2),
+        num_groups: int = 4,
+        layers_per_group: int = 3,
+        num_heads: int = 8,
+        window_size: int = 4,
+        mlp_ratio: float = 2.0,
+        region_bias: float = -1000.0,
+        attention: str = "region",
+        attention_impl: str = "fast",
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"RAT is a 2D network: spatial_dims must be 2, got {spatial_dims}. Run volumes slice by slice.")
+        if in_channels != out_channels:
+            raise ValueError(
+                f"RAT adds its input to its output, so in_channels ({in_channels}) must equal out_channels ({out_channels})."
+            )
+        if len(enc_blocks) != len(dec_blocks):
+            raise ValueError(f"enc_blocks {tuple(enc_blocks)} and dec_blocks {tuple(dec_blocks)} must have the same length.")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}.")
+        latent = feature_size * 2 ** len(enc_blocks)
+        if latent % num_heads:
+            raise ValueError(f"latent channels ({latent}) must be a multiple of num_heads ({num_heads}).")
+        self.in_channels = in_channels
+        self.attention = attention
+        self.scale = 2 ** len(enc_blocks)
+        self.pad_multiple = self.scale * window_size
+
+        self.intro = nn.Conv2d(in_channels, feature_size, 3, padding=1)
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c = feature_size
+        for n in enc_blocks:
+            self.encoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle_blks = nn.ModuleList(
+            [
+                RATGroup(
+                    c,
+                    layers_per_group,
+                    num_heads=num_heads,
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    region_bias=region_bias,
+                    attention=attention,
+                    attention_impl=attention_impl,
+                )
+                for _ in range(num_groups)
+            ]
+        )
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
+        self.ending = nn.Conv2d(feature_size, out_channels, 3, padding=1)
+
+    def set_attention_impl(self, implementation: str) -> "RAT":
+        """Switch every R-MSA between ``"fast"`` and ``"reference"`` (same weights, same outputs)."""
+        for m in self.modules():
+            if isinstance(m, RegionAttention):
+                m.implementation = implementation
+        return self
+
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore ``x``.
+
+        Args:
+            x: (B, C, H, W) float image, any H and W.
+            regions: (B, 1, H, W) or (B, H, W) integer region labels at input resolution (any values,
+                any number per image). Required for ``attention="region"``; ignored otherwise.
+
+        Raises:
+            ValueError: when ``x`` has the wrong shape or channels, or ``regions`` is missing or malformed.
+        """
+        if hasattr(x, "as_tensor"):  # MONAI MetaTensor: tracking metadata through every layer only costs time
+            x = x.as_tensor()
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}.")
+        b, _, h, w = x.shape
+        plan = None
+        if self.attention == "region":
+            if regions is None:
+                raise ValueError(f"RAT with attention='region' needs a region map `regions` of shape (B, 1, H, W). {REGION_MAP_HELP}")
+            labels = as_region_labels(regions, b, (h, w)).to(x.device)
+            plan = RegionPlan.from_labels(self._latent_labels(labels))
+
+        ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
+        inp = x
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+
+        y = self.intro(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            y = encoder(y)
+            skips.append(y)
+            y = down(y)
+        latent = y
+        for group in self.middle_blks:
+            y = group(y, plan)
+        y = y + latent
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            y = decoder(up(y) + skip)
+        y = self.ending(y) + x
+        return y[..., :h, :w] if (ph or pw) else y
+
+    def _latent_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad to the padded size and take the top-left pixel of each ``scale`` x ``scale`` cell."""
+        h, w = labels.shape[-2:]
+        hp, wp = h + (-h) % self.pad_multiple, w + (-w) % self.pad_multiple
+        rows = torch.arange(0, hp, self.scale, device=labels.device).clamp_(max=h - 1)
+        cols = torch.arange(0, wp, self.scale, device=labels.device).clamp_(max=w - 1)
+        return labels[:, rows][:, :, cols]
+
+
+def convert_reference_state_dict(state_dict: Mapping) -> "OrderedDict[str, torch.Tensor]":
+    """Turn a checkpoint saved by the paper's reference code into a state dict for :class:`RAT`.
+
+    RAT uses the reference parameter names, so a bare reference state dict already loads with
+    ``RAT.load_state_dict``. This also unwraps the usual containers (``{"params": ...}``,
+    ``{"state_dict": ...}``, ``{"model": ...}``, ``{"params_ema": ...}``), strips the ``module.`` prefix
+    that ``DataParallel`` / ``DistributedDataParallel`` add, and drops ``loss_fun.*`` entries (the reference
+    model may hold its loss as a sub-module).
+
+    Args:
+        state_dict: the loaded checkpoint (``torch.load(path, map_location="cpu")``).
+
+    Raises:
+        TypeError: when ``state_dict`` is not a mapping of tensors.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}.")
+    for key in ("params_ema", "params", "state_dict", "model", "network"):
+        inner = state_dict.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            state_dict = inner
+            break
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor.")
+        while name.startswith("module."):
+            name = name[len("module.") :]
+        if name.startswith("loss_fun."):
+            continue
+        out[name] = value
+    return out

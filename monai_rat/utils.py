@@ -1,0 +1,78 @@
+"""Small helpers shared by the network and the loss: checking region maps and numbering regions."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["as_region_labels", "region_groups"]
+
+
+def as_region_labels(regions, batch: int, spatial: tuple[int, ...], name: str = "regions") -> torch.Tensor:
+    """Check a region map and return it as int64 labels of shape ``(B, *spatial)``.
+
+    A region map holds one integer label per pixel; any values are allowed (not necessarily
+    contiguous) and each image may have its own number of regions.
+
+    Args:
+        regions: tensor (or array) of shape ``(B, 1, *spatial)`` or ``(B, *spatial)``, integer dtype or
+            float with integral values.
+        batch: the expected batch size (the image's).
+        spatial: the expected spatial shape (the image's).
+        name: the argument name used in error messages.
+
+    Raises:
+        TypeError: when ``regions`` is not a tensor or array.
+        ValueError: when the shape, the batch size or the values (non-integral, NaN, inf) are wrong.
+    """
+    if not isinstance(regions, torch.Tensor):
+        try:
+            regions = torch.as_tensor(regions)
+        except Exception as e:  # noqa: BLE001 - re-raised with the argument name
+            raise TypeError(f"`{name}` must be a tensor of integer region labels, got {type(regions).__name__}.") from e
+    if hasattr(regions, "as_tensor"):  # MONAI MetaTensor: metadata is not needed here
+        regions = regions.as_tensor()
+    expected = f"({batch}, 1, {', '.join(map(str, spatial))}) or ({batch}, {', '.join(map(str, spatial))})"
+    if regions.ndim == len(spatial) + 2:
+        if regions.shape[1] != 1:
+            raise ValueError(f"`{name}` must have one channel: expected shape {expected}, got {tuple(regions.shape)}.")
+        regions = regions[:, 0]
+    if regions.ndim != len(spatial) + 1 or tuple(regions.shape[1:]) != tuple(spatial):
+        raise ValueError(f"`{name}` must match the image: expected shape {expected}, got {tuple(regions.shape)}.")
+    if regions.shape[0] != batch:
+        raise ValueError(
+            f"`{name}` batch size {regions.shape[0]} does not match the image batch size {batch}: "
+            f"expected shape {expected}, got {tuple(regions.shape)}."
+        )
+    if regions.dtype == torch.bool:
+        regions = regions.long()
+    elif regions.is_floating_point():
+        if not torch.isfinite(regions).all():
+            raise ValueError(f"`{name}` contains NaN or inf; region labels must be finite integers.")
+        if not torch.equal(regions, torch.round(regions)):
+            bad = regions[regions != torch.round(regions)].flatten()[0].item()
+            raise ValueError(f"`{name}` must hold integral labels; found the non-integral value {bad}.")
+        regions = regions.long()
+    elif regions.is_complex():
+        raise ValueError(f"`{name}` must hold integer labels, got dtype {regions.dtype}.")
+    else:
+        regions = regions.long()
+    return regions
+
+
+def region_groups(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Number the (image, region) pairs of a batch of label maps.
+
+    Args:
+        labels: integer tensor ``(B, ...)``; labels are compared only within an image.
+
+    Returns:
+        ``group`` (B, M) int64 with values ``0..G-1``, one per distinct (image, label) pair, numbered in
+        image order then label order; ``group_batch`` (G,) the image each group belongs to; ``G``.
+    """
+    batch = labels.shape[0]
+    flat = labels.reshape(batch, -1)
+    _, dense = torch.unique(flat, return_inverse=True)  # 0..U-1, shared across the batch
+    num_labels = int(dense.max().item()) + 1 if dense.numel() else 1
+    key = dense + torch.arange(batch, device=labels.device).unsqueeze(1) * num_labels
+    uniq, group = torch.unique(key, return_inverse=True)
+    return group, torch.div(uniq, num_labels, rounding_mode="floor"), int(uniq.numel())
