@@ -31,17 +31,18 @@ def as_region_labels(regions, batch: int, spatial: tuple[int, ...], name: str = 
             raise TypeError(f"`{name}` must be a tensor of integer region labels, got {type(regions).__name__}.") from e
     if hasattr(regions, "as_tensor"):  # MONAI MetaTensor: metadata is not needed here
         regions = regions.as_tensor()
+    got = tuple(regions.shape)
     expected = f"({batch}, 1, {', '.join(map(str, spatial))}) or ({batch}, {', '.join(map(str, spatial))})"
     if regions.ndim == len(spatial) + 2:
         if regions.shape[1] != 1:
-            raise ValueError(f"`{name}` must have one channel: expected shape {expected}, got {tuple(regions.shape)}.")
+            raise ValueError(f"`{name}` must have one channel: expected shape {expected}, got {got}.")
         regions = regions[:, 0]
     if regions.ndim != len(spatial) + 1 or tuple(regions.shape[1:]) != tuple(spatial):
-        raise ValueError(f"`{name}` must match the image: expected shape {expected}, got {tuple(regions.shape)}.")
+        raise ValueError(f"`{name}` must match the image: expected shape {expected}, got {got}.")
     if regions.shape[0] != batch:
         raise ValueError(
             f"`{name}` batch size {regions.shape[0]} does not match the image batch size {batch}: "
-            f"expected shape {expected}, got {tuple(regions.shape)}."
+            f"expected shape {expected}, got {got}."
         )
     if regions.dtype == torch.bool:
         regions = regions.long()
