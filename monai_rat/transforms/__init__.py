@@ -1,1 +1,14 @@
 """Transforms: region partitions and degradation simulators."""
+from .partition import (
+    RegionCache,
+    RegionPartition,
+    RegionPartitiond,
+    SAMPartition,
+    SAMPartitiond,
+    SuperpixelPartition,
+    SuperpixelPartitiond,
+    load_sam,
+    masks_to_regions,
+    register_sam_model,
+    relabel_regions,
+)
