@@ -12,3 +12,4 @@ from .partition import (
     register_sam_model,
     relabel_regions,
 )
+from .simulate_ct import SimulateLowDoseCT, SimulateLowDoseCTd, SimulateLowDoseCTD, SimulateLowDoseCTDict
