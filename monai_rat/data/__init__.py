@@ -2,3 +2,14 @@
 from .aapm import AAPM_LAYOUTS, AAPM_PATIENTS, aapm_datalist, read_series_headers
 from .ct_demo import default_cache_dir, ellipse_phantom, make_ct_demo
 from .datalist import ct_datalist, load_paired_datalist
+from .ct_transforms import (
+    CT_DISPLAY_WINDOW,
+    CT_HU_WINDOW,
+    EnsureSlice2D,
+    EnsureSlice2DD,
+    EnsureSlice2Dd,
+    EnsureSlice2DDict,
+    ct_load_transforms,
+    ct_to_hu_transform,
+)
+from .dicom_writer import SaveAsDICOM, SaveAsDICOMD, SaveAsDICOMd, SaveAsDICOMDict, write_dicom_slice
