@@ -285,7 +285,7 @@ class SimulateLowDoseCTd(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return d
         for key in self.key_iterator(d):
-            d[key] = self.simulator(d[key], randomize=False)
+            d[key] = self.simulator(d[key])  # prob=1 inside: same draws as the array transform with the same seed
         return d
 
 
