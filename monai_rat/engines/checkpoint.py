@@ -1,0 +1,251 @@
+"""Atomic checkpoints with a fixed file name, for resuming training and keeping the best model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["AtomicCheckpointSaver", "atomic_torch_save"]
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, flush it to disk, then rename it over ``path``.
+
+    A process killed at any moment leaves either the previous file or the new one, never a partial file
+    under ``path`` (``os.replace`` is atomic on POSIX and Windows within one file system).
+
+    Args:
+        obj: what to save.
+        path: the destination file.
+
+    Raises:
+        OSError: when the folder cannot be created or written.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class AtomicCheckpointSaver:
+    """Save ``{name: obj.state_dict()}`` to one fixed file, atomically; optionally resume from it.
+
+    MONAI's ``CheckpointSaver`` writes with ``atomic=False`` and, with a fixed file name, removes the old
+    file before writing the new one, so a kill during a save can leave no usable checkpoint. This handler
+    writes to a temporary file and renames it over the old one (see :py:func:`atomic_torch_save`).
+
+    Two uses, both in the bundles:
+
+    - **last** (attach to the trainer): saves every ``save_interval`` epochs and when training completes;
+      with ``resume=True`` it loads the file, if it exists, when the trainer starts, so rerunning with the
+      same output folder continues (network, optimizer, scheduler, trainer iteration, best-metric state).
+      A run that had completed ends at once; raise the iteration count to train on.
+    - **best** (attach to the evaluator, ``key_metric_name`` set): saves when the metric improves on the
+      best seen so far; its own best value is kept in ``state_dict()`` so it survives a resume when this
+      saver is listed in the last-checkpoint's ``save_dict``.
+
+    Only rank 0 writes; every rank loads.
+
+    Args:
+        save_dir: folder of the checkpoint file.
+        save_dict: ``{name: object with state_dict()/load_state_dict()}``; a single network may be given
+            as ``{"model": net}`` to write a plain weights file readable by ``CheckpointLoader``.
+        filename: the file name inside ``save_dir``.
+        save_interval: save every N epochs of the attached engine (0: only at completion); ignored when
+            ``key_metric_name`` is set.
+        save_final: also save when the engine completes.
+        key_metric_name: save on the engine's COMPLETED event when ``engine.state.metrics[key_metric_name]``
+            beats the best so far (higher is better unless ``key_metric_negative_sign``).
+        key_metric_negative_sign: lower is better.
+        resume: load ``save_dir/filename`` when the engine starts, if the file exists.
+        map_location: ``torch.load`` map location for resuming.
+        weights_only_state: when ``save_dict`` has one entry, save its state dict alone (not nested under
+            its name), the layout MONAI bundles use for ``models/model.pt``.
+        save_engine: when set, also save (and resume) the attached engine's state (iteration, epoch) under
+            this key; the engine cannot be listed in ``save_dict`` of a handler of its own.
+
+    Raises:
+        ValueError: when ``save_dict`` is empty or an entry has no ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: Mapping[str, Any],
+        filename: str = "last.pt",
+        save_interval: int = 1,
+        save_final: bool = True,
+        key_metric_name: str | None = None,
+        key_metric_negative_sign: bool = False,
+        resume: bool = False,
+        map_location: Any = "cpu",
+        weights_only_state: bool = False,
+        save_engine: str | None = None,
+    ) -> None:
+        if not save_dict:
+            raise ValueError("`save_dict` must name at least one object to save, got an empty mapping.")
+        for k, v in save_dict.items():
+            if not hasattr(v, "state_dict"):
+                raise ValueError(f"`save_dict[{k!r}]` ({type(v).__name__}) has no state_dict() to save.")
+        if weights_only_state and len(save_dict) != 1:
+            raise ValueError(f"`weights_only_state=True` needs exactly one entry in `save_dict`, got {list(save_dict)}.")
+        self.save_dir = str(save_dir)
+        self.save_dict = dict(save_dict)
+        self.filename = filename
+        self.save_interval = int(save_interval)
+        self.save_final = save_final
+        self.key_metric_name = key_metric_name
+        self.sign = -1.0 if key_metric_negative_sign else 1.0
+        self.resume = resume
+        self.map_location = map_location
+        self.weights_only_state = weights_only_state
+        self.save_engine = save_engine
+        if save_engine is not None and (weights_only_state or save_engine in self.save_dict):
+            raise ValueError(
+                f"`save_engine={save_engine!r}` needs weights_only_state=False and a key not already in save_dict."
+            )
+        self._engine: Any = None
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.logger = logging.getLogger(__name__)
+
+    @property
+    def path(self) -> str:
+        """The checkpoint file: ``save_dir/filename``."""
+        return os.path.join(self.save_dir, self.filename)
+
+    def attach(self, engine: Any) -> None:
+        """Register the save (and resume) callbacks on ``engine``.
+
+        Args:
+            engine: an ignite/MONAI engine (trainer for the last checkpoint, evaluator for the best).
+        """
+        from ignite.engine import Events
+
+        self.logger = engine.logger
+        self._engine = engine
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        if self.key_metric_name is not None:
+            engine.add_event_handler(Events.COMPLETED, self.save_if_best)
+            return
+        if self.save_interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def state_dict(self) -> dict:
+        """The best metric seen so far (for a best-model saver), so a resumed run keeps comparing to it."""
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restore :py:meth:`state_dict`.
+
+        Args:
+            state_dict: a mapping with ``best_metric`` and ``best_epoch``.
+        """
+        self.best_metric = float(state_dict.get("best_metric", -math.inf))
+        self.best_epoch = int(state_dict.get("best_epoch", -1))
+
+    def _objects(self) -> dict:
+        objects = dict(self.save_dict)
+        if self.save_engine is not None and self._engine is not None:
+            objects[self.save_engine] = self._engine
+        return objects
+
+    def _content(self) -> dict:
+        if self.weights_only_state:
+            return next(iter(self.save_dict.values())).state_dict()
+        return {k: v.state_dict() for k, v in self._objects().items()}
+
+    def save(self, engine: Any = None) -> None:
+        """Write the checkpoint (rank 0 only).
+
+        Args:
+            engine: the engine firing the event (unused; for the ignite handler signature).
+        """
+        if _rank() != 0:
+            return
+        atomic_torch_save(self._content(), self.path)
+        where = f" at iteration {engine.state.iteration}" if engine is not None else ""
+        self.logger.info(f"Saved checkpoint {self.path}{where}.")
+
+    def save_if_best(self, engine: Any) -> None:
+        """Save when ``engine.state.metrics[key_metric_name]`` beats the best so far.
+
+        Args:
+            engine: the evaluator that just completed.
+
+        Raises:
+            KeyError: when the engine computed no metric named ``key_metric_name``.
+        """
+        metrics = engine.state.metrics
+        if self.key_metric_name not in metrics:
+            raise KeyError(f"Key metric {self.key_metric_name!r} not among the evaluator's metrics {list(metrics)}.")
+        value = self.sign * float(metrics[self.key_metric_name])
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+            self.save(engine)
+            self.logger.info(f"New best {self.key_metric_name} = {self.sign * value:.4f} (round {self.best_epoch}).")
+
+    def load(self, engine: Any) -> None:
+        """Load the checkpoint into ``save_dict`` when the file exists (the trainer's STARTED event).
+
+        Args:
+            engine: the engine starting; its ``max_epochs`` from the current config is kept.
+
+        Raises:
+            RuntimeError: when the file exists but cannot be read or does not match ``save_dict``.
+        """
+        from ignite.handlers import Checkpoint
+
+        if not os.path.isfile(self.path):
+            self.logger.info(f"No checkpoint at {self.path}: starting from scratch.")
+            return
+        try:
+            checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
+            if self.weights_only_state:
+                checkpoint = {next(iter(self.save_dict)): checkpoint}
+            objects = self._objects()
+            missing = [k for k in objects if k not in checkpoint]
+            if missing:
+                raise KeyError(f"entries {missing} are missing (found {list(checkpoint)})")
+            max_epochs = engine.state.max_epochs
+            Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+        except Exception as e:
+            raise RuntimeError(
+                f"Cannot resume from {self.path}: {e}. Delete the file (or use another output_dir) to start afresh."
+            ) from e
+        if max_epochs is not None:
+            if engine.state.epoch > max_epochs:
+                self.logger.warning(
+                    f"Checkpoint {self.path} is at round {engine.state.epoch}, past the configured {max_epochs}: "
+                    "nothing left to train."
+                )
+            engine.state.max_epochs = max(max_epochs, engine.state.epoch)
+        self.logger.info(
+            f"Resumed from {self.path} at iteration {engine.state.iteration} (round {engine.state.epoch} of "
+            f"{engine.state.max_epochs})."
+        )

@@ -1,0 +1,227 @@
+"""Metric logs a person can read after a run: the validation history of training, and an evaluation summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["MetricsHistory", "MetricsSummary"]
+
+
+def _scalar(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().mean().item()
+    return float(v)
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+class MetricsHistory:
+    """Append one row per validation to ``<output_dir>/<name>.csv`` and rewrite ``<name>.json``.
+
+    Attach to the trainer; each time ``evaluator`` completes, a row records the trainer iteration, the
+    learning rate, the last training loss, every evaluator metric, the elapsed time and an estimate of
+    the time left. A resumed run appends to the existing files (rows from before the resume are kept).
+
+    Args:
+        evaluator: the validation engine (the one run by ``ValidationHandler``).
+        output_dir: folder of the files (created).
+        name: file stem (``metrics`` gives ``metrics.csv`` and ``metrics.json``).
+        optimizer: optional; its first group's ``lr`` is logged.
+        total_iterations: optional; used for the progress and time-left estimate.
+    """
+
+    def __init__(
+        self,
+        evaluator: Any,
+        output_dir: str,
+        name: str = "metrics",
+        optimizer: Any = None,
+        total_iterations: int | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.output_dir = str(output_dir)
+        self.name = name
+        self.optimizer = optimizer
+        self.total_iterations = total_iterations
+        self.trainer: Any = None
+        self._t0 = time.time()
+        self._it0 = 0
+        self.logger = logging.getLogger(__name__)
+
+    @property
+    def csv_path(self) -> str:
+        """``<output_dir>/<name>.csv``."""
+        return os.path.join(self.output_dir, f"{self.name}.csv")
+
+    @property
+    def json_path(self) -> str:
+        """``<output_dir>/<name>.json``."""
+        return os.path.join(self.output_dir, f"{self.name}.json")
+
+    def attach(self, engine: Any) -> None:
+        """Attach to the trainer ``engine`` and listen for the evaluator's completion.
+
+        Args:
+            engine: the trainer.
+        """
+        from ignite.engine import Events
+
+        self.trainer = engine
+        self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self._started)
+        self.evaluator.add_event_handler(Events.COMPLETED, self.record)
+
+    def _started(self, engine: Any) -> None:
+        self._t0 = time.time()
+        self._it0 = engine.state.iteration
+
+    def _rows(self) -> list[dict]:
+        if not os.path.isfile(self.json_path):
+            return []
+        with open(self.json_path) as f:
+            return list(json.load(f).get("history", []))
+
+    def record(self, evaluator: Any = None) -> dict:
+        """Write the row for the validation that just completed (rank 0 only) and log a progress line.
+
+        Args:
+            evaluator: the evaluator (unused; ignite handler signature).
+        """
+        state = self.trainer.state
+        elapsed = time.time() - self._t0
+        row: dict[str, Any] = {"iteration": int(state.iteration), "epoch": int(state.epoch)}
+        if self.optimizer is not None:
+            row["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        out = state.output
+        if isinstance(out, Sequence) and out and isinstance(out[0], Mapping):
+            out = out[0]
+        if isinstance(out, Mapping) and "loss" in out:
+            row["train_loss"] = _scalar(out["loss"])
+        for k, v in self.evaluator.state.metrics.items():
+            try:
+                row[k] = _scalar(v)
+            except (TypeError, ValueError):
+                continue
+        row["elapsed_s"] = round(elapsed, 1)
+        done = state.iteration - self._it0
+        msg = f"iteration {state.iteration}"
+        if self.total_iterations:
+            left = max(self.total_iterations - state.iteration, 0)
+            eta = elapsed / done * left if done > 0 else math.nan
+            row["eta_s"] = round(eta, 1)
+            msg += f"/{self.total_iterations} ({100.0 * state.iteration / self.total_iterations:.0f}%), ~{eta:.0f} s left"
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("iteration", "epoch", "elapsed_s", "eta_s"))
+        self.logger.info(f"Validation at {msg}: {metrics}.")
+        if not _is_rank0():
+            return row
+        os.makedirs(self.output_dir, exist_ok=True)
+        rows = [r for r in self._rows() if r.get("iteration", -1) < row["iteration"]] + [row]
+        with open(self.json_path, "w") as f:
+            json.dump({"history": rows}, f, indent=1)
+        fields: list[str] = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        return row
+
+
+class MetricsSummary:
+    """Write mean ± std of per-image metrics to ``summary.json`` and ``summary.csv`` and log them.
+
+    Attach to an evaluator whose metric handlers keep per-image values (MONAI ``IgniteMetricHandler``
+    with ``save_details=True``, the default): they are read from ``engine.state.metric_details``.
+
+    Args:
+        output_dir: folder of the files (created).
+        metric_names: the metrics to summarise, in order (default: all in ``metric_details``).
+        pairs: optional ``{label: (restored metric, input metric)}`` to log side by side, e.g.
+            ``{"PSNR (dB)": ("psnr", "input_psnr")}``.
+        notes: free-form facts written into the JSON (e.g. the data range).
+        name: file stem.
+
+    Raises:
+        KeyError: at completion, when a requested metric has no per-image values.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        metric_names: Sequence[str] | None = None,
+        pairs: Mapping[str, Sequence[str]] | None = None,
+        notes: Mapping[str, Any] | None = None,
+        name: str = "summary",
+    ) -> None:
+        self.output_dir = str(output_dir)
+        self.metric_names = list(metric_names) if metric_names else None
+        self.pairs = dict(pairs or {})
+        self.notes = dict(notes or {})
+        self.name = name
+        self.logger = logging.getLogger(__name__)
+        self.summary: dict = {}
+
+    def attach(self, engine: Any) -> None:
+        """Write the summary when ``engine`` completes.
+
+        Args:
+            engine: the evaluator.
+        """
+        from ignite.engine import Events
+
+        self.logger = engine.logger
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> dict:
+        """Compute and write the summary.
+
+        Args:
+            engine: the evaluator that completed.
+
+        Raises:
+            KeyError: when a requested metric has no per-image values.
+        """
+        details = getattr(engine.state, "metric_details", None) or {}
+        names = self.metric_names or list(details)
+        summary: dict[str, Any] = {}
+        for n in names:
+            if n not in details:
+                raise KeyError(f"No per-image values for metric {n!r}; available: {list(details)}.")
+            v = torch.as_tensor(details[n]).float().reshape(-1)
+            v = v[~torch.isnan(v)]
+            summary[n] = {
+                "mean": v.mean().item() if v.numel() else math.nan,
+                "std": v.std(unbiased=False).item() if v.numel() else math.nan,
+                "n": int(v.numel()),
+            }
+        self.summary = summary
+        for label, (restored, given) in self.pairs.items():
+            if restored in summary and given in summary:
+                r, g = summary[restored], summary[given]
+                self.logger.info(
+                    f"{label}: restored {r['mean']:.4f} ± {r['std']:.4f} | low-dose input {g['mean']:.4f} ± "
+                    f"{g['std']:.4f} (n={r['n']})"
+                )
+        if _is_rank0():
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, f"{self.name}.json"), "w") as f:
+                json.dump({"metrics": summary, **self.notes}, f, indent=1)
+            with open(os.path.join(self.output_dir, f"{self.name}.csv"), "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["metric", "mean", "std", "n"])
+                for n, s in summary.items():
+                    w.writerow([n, s["mean"], s["std"], s["n"]])
+            self.logger.info(f"Wrote {self.name}.json and {self.name}.csv to {self.output_dir}.")
+        return summary

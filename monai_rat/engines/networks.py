@@ -1,0 +1,54 @@
+"""A one-input view of a region-aware network, for MONAI tools that call ``network(image)`` only."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["RegionMapNetwork"]
+
+
+class RegionMapNetwork(nn.Module):
+    """Call ``network(x, regions)`` where a tool calls ``network(x)``.
+
+    MONAI's ``verify_net_in_out`` and ``ckpt_export`` and MONAI Label's ``BundleInferTask`` feed a
+    network one tensor. RAT also needs a region map. This wrapper makes one when none is passed:
+
+    - ``partition`` callable: ``regions = partition(x)`` (e.g. a superpixel/SAM partitioner returning a
+      ``(B, 1, H, W)`` integer map);
+    - ``partition="single"``: every pixel in one region, which makes RAT's region attention global
+      attention (the network then is RAT with ``attention="global"``, Table 4's MSA row); used by the
+      bundle's ``network_single_input`` id for MONAI's shape/dtype checks and export.
+
+    A region map passed explicitly (``forward(x, regions)``) is always used as given.
+
+    Args:
+        network: a module ``network(x, regions)``.
+        partition: ``"single"`` or a callable ``x -> regions``.
+
+    Raises:
+        ValueError: when ``partition`` is neither ``"single"`` nor callable.
+    """
+
+    def __init__(self, network: nn.Module, partition: str | Callable[[torch.Tensor], Any] = "single") -> None:
+        super().__init__()
+        if partition != "single" and not callable(partition):
+            raise ValueError(f"`partition` must be 'single' or a callable x -> regions, got {partition!r}.")
+        self.network = network
+        self.partition = partition
+
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore ``x`` with ``regions`` (made by ``partition`` when ``None``).
+
+        Args:
+            x: ``(B, C, H, W)`` image.
+            regions: optional ``(B, 1, H, W)`` integer region map.
+        """
+        if regions is None:
+            if self.partition == "single":
+                regions = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.long, device=x.device)
+            else:
+                regions = self.partition(x)
+        return self.network(x, regions)
