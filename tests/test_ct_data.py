@@ -279,3 +279,27 @@ def test_memo_is_per_arguments(tmp_path):
     a = ct_datalist(str(root))
     b = ct_datalist(str(root))
     assert a == b and len(datalist_module._MEMO) == before + 1
+
+
+def test_hidden_files_are_reported_not_read(tmp_path, caplog):
+    root = _classic(tmp_path)
+    (root / "L067" / "full_1mm" / "._L067_FD_1_1.CT.0001.0001.IMA").write_bytes(b"\x00\x05\x16\x07")
+    with caplog.at_level(logging.WARNING, logger="monai_rat.data.aapm"):
+        dl = aapm_datalist(root)
+    assert len(dl["training"]) == 2 * N and "hidden" in caplog.text
+
+
+def _build_small_demo(root):
+    from monai_rat.data import make_ct_demo as build
+
+    return build(root, image_size=32, num_train=7, num_val=1)["training"][0]["image"]
+
+
+def test_demo_concurrent_builders_end_with_one_copy(tmp_path):
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(2) as pool:
+        paths = pool.map(_build_small_demo, [str(tmp_path)] * 2)
+    assert paths[0] == paths[1] and os.path.isfile(paths[0])
+    assert [p for p in os.listdir(tmp_path) if p.startswith("ct_demo_")] == [os.path.basename(os.path.dirname(os.path.dirname(paths[0])))]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ct_demo_tmp_")]

@@ -136,3 +136,13 @@ def test_dict_version_delegates_and_seeds():
     assert SimulateLowDoseCTd(keys="missing", allow_missing_keys=True)(data)["image"] is data["image"]
     both = SimulateLowDoseCTd(keys=["image", "label"], pixel_size_mm=PIXEL_MM).set_random_state(1)(data)
     assert not np.allclose(both["image"], both["label"])  # each key its own noise draw
+
+
+def test_pixel_size_from_metatensor():
+    img, _ = _disc(size=48)
+    mt = MetaTensor(torch.as_tensor(img), affine=torch.diag(torch.tensor([PIXEL_MM, PIXEL_MM, 1.0, 1.0], dtype=torch.float64)))
+    a = SimulateLowDoseCT(pixel_size_mm=None, add_noise=False)(mt)
+    b = SimulateLowDoseCT(pixel_size_mm=PIXEL_MM, add_noise=False)(img)
+    np.testing.assert_allclose(a.numpy(), b, atol=1e-3)
+    with pytest.raises(ValueError, match="pixdim"):
+        SimulateLowDoseCT(pixel_size_mm=None)(img)

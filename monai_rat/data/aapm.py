@@ -123,7 +123,11 @@ def _find_series(root: Path) -> list[dict]:
     found, other = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
-        dicoms = [f for f in filenames if _is_dicom_name(f)]
+        dicoms = [f for f in filenames if _is_dicom_name(f) and not f.startswith(".")]
+        hidden = [f for f in filenames if _is_dicom_name(f) and f.startswith(".")]
+        if hidden:  # e.g. macOS "._name.IMA" resource forks: not images
+            logger.warning("AAPM discovery: %s: %d hidden file(s) named like DICOM are not used (first: %s).",
+                           dirpath, len(hidden), hidden[0])
         if not dicoms:
             continue
         d = Path(dirpath)
