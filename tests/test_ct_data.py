@@ -295,6 +295,7 @@ def _build_small_demo(root):
     return build(root, image_size=32, num_train=7, num_val=1)["training"][0]["image"]
 
 
+@pytest.mark.timeout(180)
 def test_demo_concurrent_builders_end_with_one_copy(tmp_path):
     import multiprocessing as mp
 

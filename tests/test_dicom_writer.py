@@ -105,3 +105,51 @@ def test_errors(tmp_path, source):
         SaveAsDICOM(tmp_path)(np.zeros((2, 10, 12)), source=path)
     with pytest.raises(ValueError, match="layout"):
         SaveAsDICOM(tmp_path, layout="xy")
+
+
+@pytest.mark.parametrize("reader", ["ITKReader", "PydicomReader"])
+def test_series_volume_round_trip(tmp_path, reader):
+    """A series folder read as one volume by MONAI is written back slice by slice, each with its own header."""
+    uid = pydicom.uid.generate_uid()
+    rng = np.random.default_rng(2)
+    slices = {}
+    for i in range(5):  # AAPM-like: instance 1 at the top, positions descending
+        hu = rng.uniform(-1000, 1000, (6, 4))
+        path = write_ct_slice(tmp_path / "L067" / "full_1mm" / f"s{i}.IMA", hu, position_z=50.0 - 0.8 * i,
+                              instance=i + 1, series_uid=uid, patient="L067")
+        slices[os.path.basename(path)] = hu
+    vol = LoadImage(image_only=True, reader=reader, ensure_channel_first=True)(str(tmp_path / "L067" / "full_1mm"))
+    assert tuple(vol.shape) == (1, 4, 6, 5)
+    out = SaveAsDICOM(tmp_path / "out")(vol + 10.0)  # the "restoration": +10 HU
+    assert len(out) == 5
+    uids = set()
+    for path in out:
+        name = os.path.basename(path).replace(".dcm", ".IMA")
+        assert np.abs(_hu(path) - (slices[name] + 10.0)).max() <= 1.0, name
+        ds = pydicom.dcmread(path)
+        uids.add(ds.SeriesInstanceUID)
+        src = pydicom.dcmread(tmp_path / "L067" / "full_1mm" / name)
+        assert ds.ImagePositionPatient == src.ImagePositionPatient
+    assert len(uids) == 1 and uid not in uids
+
+
+def test_volume_with_wrong_affine_is_an_error(tmp_path):
+    from monai.data import MetaTensor
+
+    for i in range(3):
+        write_ct_slice(tmp_path / "s" / f"s{i}.dcm", np.zeros((4, 4)), position_z=float(i))
+    vol = MetaTensor(torch.zeros(1, 4, 4, 3), affine=torch.diag(torch.tensor([1.0, 1.0, 5.0, 1.0], dtype=torch.float64)))
+    with pytest.raises(ValueError, match="matches no"):
+        SaveAsDICOM(tmp_path / "out")(vol, source=tmp_path / "s")
+
+
+def test_non_dicom_source(tmp_path):
+    import nibabel as nib
+
+    path = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(path))
+    with pytest.raises(ValueError, match="not a DICOM file"):
+        SaveAsDICOM(tmp_path / "out")(np.zeros((1, 4, 4)), source=path)
+    assert SaveAsDICOM(tmp_path / "out", on_non_dicom="skip")(np.zeros((1, 4, 4)), source=path) is None
+    out = SaveAsDICOMd("pred", tmp_path / "out", on_non_dicom="skip")({"image": str(path), "pred": np.zeros((1, 4, 4))})
+    assert out["pred_dicom_path"] is None

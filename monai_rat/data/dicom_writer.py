@@ -139,26 +139,33 @@ def write_dicom_slice(
 
 
 class SaveAsDICOM(Transform):
-    """Save a restored slice as DICOM next to its source's series, reusing the source header.
+    """Save a restored slice (or a restored series volume) as DICOM, reusing the source header(s).
 
-    The output goes to ``<output_dir>/<PatientID>/<source folder name>_<output_postfix>/<source stem>.dcm``.
+    One slice: the source is its DICOM file. A volume ``(1, X, Y, Z)`` read by MONAI from a series
+    folder: the source is the folder, and each slice ``k`` is matched to the file whose
+    ImagePositionPatient equals the volume's position of voxel ``(0, 0, k)`` (from the MetaTensor's
+    affine; within a quarter of the slice spacing), so the reader's slice order does not matter; a
+    slice with no matching file is an error, never a guess. Output:
+    ``<output_dir>/<PatientID>/<source series folder name>_<output_postfix>/<source file stem>.dcm``.
     All slices of one source series get the same new SeriesInstanceUID (derived from the source
-    series UID and this writer's ``series_uid_seed``), each slice a new SOPInstanceUID.
+    series UID and ``series_uid_seed``), each slice a new SOPInstanceUID.
 
     Args:
         output_dir: the output folder.
         output_postfix: added to the series folder name (default "rat").
-        layout: how the array's two spatial axes map to the DICOM slice: "monai" (default) for
+        layout: how the array's first two spatial axes map to the DICOM slice: "monai" (default) for
             arrays read by MONAI's ITKReader or PydicomReader, which are ``(Columns, Rows)``
-            (transposed with respect to pydicom); "pydicom" for ``(Rows, Columns)``.
+            (transposed with respect to pydicom); "pydicom" for ``(Rows, Columns)`` (single slices only).
         intensity_window: None (default) when the array is in HU; ``(low, high)`` when it is
             normalised so that 0 -> low HU and 1 -> high HU (e.g. (-1024, 3072)).
         series_description: appended to the source's SeriesDescription (default "RAT restoration").
         series_uid_seed: seed of the new series UIDs (default: random per writer instance, so two
             runs give two series; pass a string for the same UIDs in every process, e.g. with DDP).
+        on_non_dicom: "error" (default) raises when the source is not DICOM; "skip" logs it (info) and
+            writes nothing (returns None), for pipelines that also restore NIfTI / PNG inputs.
 
     Raises:
-        ValueError: when an argument is invalid or the array's shape is not one slice.
+        ValueError: when an argument is invalid.
     """
 
     backend = ["torch", "numpy"]
@@ -171,9 +178,12 @@ class SaveAsDICOM(Transform):
         intensity_window: Sequence[float] | None = None,
         series_description: str = _DESCRIPTION,
         series_uid_seed: str | None = None,
+        on_non_dicom: str = "error",
     ) -> None:
         if layout not in ("monai", "pydicom"):
             raise ValueError(f"SaveAsDICOM: `layout` must be 'monai' or 'pydicom', got {layout!r}.")
+        if on_non_dicom not in ("error", "skip"):
+            raise ValueError(f"SaveAsDICOM: `on_non_dicom` must be 'error' or 'skip', got {on_non_dicom!r}.")
         if intensity_window is not None:
             lo, hi = (float(v) for v in intensity_window)
             if not hi > lo:
@@ -185,6 +195,7 @@ class SaveAsDICOM(Transform):
         self.intensity_window = intensity_window
         self.series_description = series_description
         self.series_uid_seed = series_uid_seed or uuid.uuid4().hex
+        self.on_non_dicom = on_non_dicom
         self._written: dict[str, str] = {}
 
     def _series_uid(self, source_series_uid: str) -> str:
@@ -192,44 +203,117 @@ class SaveAsDICOM(Transform):
 
         return generate_uid(entropy_srcs=[str(source_series_uid), self.series_uid_seed, self.output_postfix])
 
-    def __call__(self, img, source: str | os.PathLike | None = None) -> str:
+    def __call__(self, img, source: str | os.PathLike | None = None) -> str | list[str] | None:
         """Write ``img`` as DICOM.
 
         Args:
-            img: ``(1, X, Y)``, ``(X, Y)`` or ``(1, X, Y, 1)`` array or tensor (a MetaTensor carries its
-                source file in ``meta["filename_or_obj"]``).
-            source: the source DICOM file; default ``img.meta["filename_or_obj"]``.
+            img: one slice ``(1, X, Y)``, ``(X, Y)`` or ``(1, X, Y, 1)`` with a DICOM file as source, or a
+                volume ``(1, X, Y, Z)`` MetaTensor (with its affine) with a series folder as source.
+            source: the source DICOM file or series folder; default ``img.meta["filename_or_obj"]``.
 
         Returns:
-            the path written.
+            the path written (one slice), the list of paths (a volume), or None when the source is
+            not DICOM and ``on_non_dicom="skip"``.
 
         Raises:
-            ValueError: when the shape is not one slice, no source file is known, or the slice does not
-                match the source (see :func:`write_dicom_slice`).
+            ValueError: when the shape is not a slice or volume, no source is known, the source is not
+                DICOM (with ``on_non_dicom="error"``), a volume slice matches no source file, or a slice
+                does not match its source (see :func:`write_dicom_slice`).
         """
-        import pydicom
-
+        meta = getattr(img, "meta", None) or {}
         if source is None:
-            meta = getattr(img, "meta", None) or {}
             source = meta.get("filename_or_obj")
             if isinstance(source, (list, tuple)):
                 source = source[0] if len(source) == 1 else None
         if not source:
             raise ValueError("SaveAsDICOM: no source DICOM file: pass `source` or a MetaTensor with meta['filename_or_obj'].")
+        src = Path(source)
         arr = convert_to_numpy(img, dtype=np.float64)
         shape = arr.shape
+        if self.intensity_window is not None:
+            lo, hi = self.intensity_window
+            arr = arr * (hi - lo) + lo
+        if src.is_dir():
+            if arr.ndim == 4 and arr.shape[0] == 1:
+                arr = arr[0]
+            if arr.ndim != 3 or self.layout != "monai":
+                raise ValueError(
+                    f"SaveAsDICOM: a series folder source ({str(src)!r}) needs a volume (1, X, Y, Z) read by MONAI "
+                    f"(layout 'monai'), got shape {shape} with layout {self.layout!r}."
+                )
+            affine = getattr(img, "affine", None)
+            if affine is None:
+                raise ValueError(f"SaveAsDICOM: a volume from {str(src)!r} must be a MetaTensor with its affine.")
+            files = self._match_volume(src, convert_to_numpy(affine, dtype=np.float64), str(meta.get("space", "RAS")), arr.shape[-1])
+            return [self._write(arr[..., k].T, f) for k, f in enumerate(files)]
         if arr.ndim == 4 and arr.shape[0] == 1 and arr.shape[-1] == 1:
             arr = arr[0, ..., 0]
         elif arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2:
             raise ValueError(f"SaveAsDICOM: expected one slice (1, X, Y), (X, Y) or (1, X, Y, 1) for {source}, got shape {shape}.")
-        if self.layout == "monai":
-            arr = arr.T
-        if self.intensity_window is not None:
-            lo, hi = self.intensity_window
-            arr = arr * (hi - lo) + lo
-        src = Path(source)
+        if not self._is_dicom(src):
+            if self.on_non_dicom == "skip":
+                logger.info("SaveAsDICOM: %s is not DICOM; no DICOM written for it.", src)
+                return None
+            raise ValueError(f"SaveAsDICOM: the source {str(src)!r} is not a DICOM file; write it with SaveImaged instead.")
+        return self._write(arr.T if self.layout == "monai" else arr, src)
+
+    @staticmethod
+    def _is_dicom(path: Path) -> bool:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        if not path.is_file():
+            raise ValueError(f"SaveAsDICOM: the source {str(path)!r} does not exist.")
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            return False
+        return True
+
+    def _match_volume(self, folder: Path, affine: np.ndarray, space: str, nz: int) -> list[Path]:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        positions, files = [], []
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except InvalidDicomError:
+                logger.debug("SaveAsDICOM: %s in %s is not DICOM; not a slice source.", f.name, folder)
+                continue
+            if "ImagePositionPatient" not in ds:
+                raise ValueError(f"SaveAsDICOM: {str(f)!r} has no ImagePositionPatient; cannot match it to a volume slice.")
+            positions.append([float(v) for v in ds.ImagePositionPatient])
+            files.append(f)
+        if not files:
+            raise ValueError(f"SaveAsDICOM: the series folder {str(folder)!r} holds no DICOM files.")
+        positions = np.asarray(positions)
+        flip = np.array([-1.0, -1.0, 1.0]) if space.upper() == "RAS" else np.ones(3)
+        spacing = float(np.linalg.norm(affine[:3, 2])) if affine.shape[0] >= 4 else 0.0
+        tol = max(0.01, 0.25 * spacing)
+        out, used = [], set()
+        for k in range(nz):
+            p = (affine[:3, :3] @ np.array([0.0, 0.0, float(k)]) + affine[:3, 3]) * flip
+            dist = np.linalg.norm(positions - p, axis=1)
+            j = int(np.argmin(dist))
+            if dist[j] > tol or j in used:
+                raise ValueError(
+                    f"SaveAsDICOM: volume slice {k} of {nz} (position {np.round(p, 3).tolist()} mm, LPS) matches no "
+                    f"unused file of {str(folder)!r} within {tol:.3g} mm (nearest: {files[j].name} at "
+                    f"{positions[j].tolist()}); the reader's affine does not describe this series. Restore slice "
+                    "by slice instead."
+                )
+            used.add(j)
+            out.append(files[j])
+        return out
+
+    def _write(self, arr: np.ndarray, src: Path) -> str:
+        import pydicom
+
         hdr = pydicom.dcmread(src, stop_before_pixels=True)
         patient = str(hdr.get("PatientID", "") or "unknown").replace(os.sep, "_") or "unknown"
         out = self.output_dir / patient / f"{src.parent.name}_{self.output_postfix}" / f"{src.stem}.dcm"
@@ -250,7 +334,8 @@ class SaveAsDICOMd(MapTransform):
 
     The source file is ``data[source_key].meta["filename_or_obj"]`` (a MetaTensor, e.g. the loaded
     input), ``data[source_key]`` itself when it is a path, else the key's own MetaTensor metadata.
-    The written path is stored in ``data[f"{key}_dicom_path"]``.
+    The written path (a list for a volume, None for a skipped non-DICOM source) is stored in
+    ``data[f"{key}_dicom_path"]``.
 
     Args:
         keys: keys of the restored slices (e.g. "pred").
@@ -261,6 +346,7 @@ class SaveAsDICOMd(MapTransform):
         intensity_window: see :class:`SaveAsDICOM`.
         series_description: see :class:`SaveAsDICOM`.
         series_uid_seed: see :class:`SaveAsDICOM`.
+        on_non_dicom: see :class:`SaveAsDICOM` ("error" or "skip").
         allow_missing_keys: do not raise when a key is missing.
 
     Raises:
@@ -280,11 +366,14 @@ class SaveAsDICOMd(MapTransform):
         intensity_window: Sequence[float] | None = None,
         series_description: str = _DESCRIPTION,
         series_uid_seed: str | None = None,
+        on_non_dicom: str = "error",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.source_key = source_key
-        self.saver = SaveAsDICOM(output_dir, output_postfix, layout, intensity_window, series_description, series_uid_seed)
+        self.saver = SaveAsDICOM(
+            output_dir, output_postfix, layout, intensity_window, series_description, series_uid_seed, on_non_dicom
+        )
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         """Save each key.

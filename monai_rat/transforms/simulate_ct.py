@@ -20,7 +20,7 @@ the bins were clamped, debug otherwise) and in ``last_num_clamped``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 from monai.config import KeysCollection
