@@ -41,7 +41,7 @@ class WindowAttention(nn.Module):
         if h % ws or w % ws:
             raise ValueError(f"WindowAttention input {h}x{w} is not a multiple of the window size {ws}.")
         # (B, C, H, W) -> (B * windows, ws * ws, C)
-        win = x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(-1, ws * ws, c)
+        win = x.reshape(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(-1, ws * ws, c)
         n = ws * ws
         qkv = self.qkv(win).reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
