@@ -234,6 +234,10 @@ def test_aapm_layout_errors(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)series kinds found: none.*L067/full_1mm/\*\.IMA"):
         aapm_datalist(tmp_path / "empty")
     root = _classic(tmp_path / "a", patients=("L067", "L096"))
+    with pytest.raises(ValueError, match=r"one patient's folder.*its parent"):
+        aapm_datalist(root / "L067")
+    with pytest.raises(ValueError, match="test_patients"):
+        aapm_datalist(root, test_patients=(67,))
     with pytest.raises(ValueError, match=r"test patient\(s\) \['L506'\] not found.*'L067', 'L096'"):
         aapm_datalist(root)
     shutil.rmtree(root / "L096" / "quarter_1mm")

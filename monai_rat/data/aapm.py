@@ -208,6 +208,8 @@ def aapm_datalist(
     if isinstance(test_patients, str):
         test_patients = (test_patients,)
     test_patients = tuple(test_patients)
+    if not all(isinstance(p, str) and p for p in test_patients):
+        raise ValueError(f"aapm_datalist: `test_patients` must be patient folder names (strings), got {test_patients!r}.")
     thickness = str(thickness).lower()
     if not re.fullmatch(r"\d+(?:\.\d+)?mm", thickness):
         raise ValueError(f"aapm_datalist: `thickness` must look like '1mm' or '3mm', got {thickness!r}.")
@@ -224,6 +226,12 @@ def aapm_datalist(
     series = [s for s in every if s["sharp"] == want_sharp and (s["thickness"] in (None, thickness))]
     if not series:
         seen = sorted({f"{s['dose']}_{s['thickness'] or '?'}{'_sharp' if s['sharp'] else ''}" for s in every})
+        direct = sorted(p.name for p in root.iterdir() if p.is_dir() and _CLASSIC.match(p.name))
+        if direct:
+            raise ValueError(
+                f"dataset_dir {str(root)!r} looks like one patient's folder (it holds {direct}); pass the folder "
+                f"that holds the patient folders (its parent, {str(root.parent)!r}). Expected {AAPM_LAYOUTS}."
+            )
         raise ValueError(
             f"No {thickness} {'sharp (D45)' if want_sharp else 'smooth (B30)'} full/quarter-dose series found under "
             f"{str(root)!r} (series kinds found: {seen or 'none'}). Expected {AAPM_LAYOUTS}."
