@@ -71,6 +71,8 @@ def test_demo_is_reused_and_settings_do_not_mix(demo, tmp_path):
     assert LoadImage(image_only=True)(small["training"][0]["image"]).shape == (64, 64)
     with pytest.raises(ValueError, match="num_train"):
         make_ct_demo(tmp_path, num_train=3)
+    os.remove(small["validation"][0]["label"])  # a damaged cache is rebuilt, not handed out
+    assert os.path.isfile(make_ct_demo(tmp_path, image_size=64, num_train=7, num_val=1)["validation"][0]["label"])
 
 
 def test_ct_datalist_demo_logs_how_to_use_real_data(demo, caplog):
