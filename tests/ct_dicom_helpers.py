@@ -63,7 +63,11 @@ def write_ct_slice(
     ds.RescaleType = "HU"
     ds.PixelData = stored.tobytes()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
+    try:
+        ds.save_as(str(path), enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
     return str(path)
 
 

@@ -129,13 +129,22 @@ def write_dicom_slice(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        ds.save_as(str(tmp), enforce_file_format=True)
+        _save_as(ds, tmp)
         os.replace(tmp, output_path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return {"path": str(output_path), "sop_instance_uid": sop_uid, "series_instance_uid": str(ds.SeriesInstanceUID),
             "num_clipped": clipped}
+
+
+def _save_as(ds, path) -> None:
+    """Write a DICOM Part-10 file with pydicom 3 (``enforce_file_format``) or 2.x (``write_like_original``)."""
+    try:
+        ds.save_as(str(path), enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
 
 
 class SaveAsDICOM(Transform):
