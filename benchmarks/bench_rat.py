@@ -7,6 +7,7 @@ Every measurement runs in its own subprocess so that its peak memory is its own.
     python benchmarks/bench_rat.py                 # everything (the reference path takes ~15 minutes)
     python benchmarks/bench_rat.py --quick         # skip the slowest reference cases
     python benchmarks/bench_rat.py --markdown out.md
+    python benchmarks/bench_rat.py --threads 1     # one thread: steadier ratios on a busy machine
 
 Inputs: the real quarter-dose CT slice and its SAM region map from
 ``../shared/fixtures/rat-reference-example/`` (a synthetic 38-region map if that folder is absent).
@@ -125,6 +126,8 @@ def run_case(case: str, size: int, impl: str, repeats: int) -> dict:
 def measure(case: str, size: int, impl: str, repeats: int, timeout: int) -> dict:
     """Run one case in a fresh interpreter; a crash or an out-of-memory kill is reported, not raised."""
     cmd = [sys.executable, __file__, "--one", case, str(size), impl, str(repeats)]
+    if torch.get_num_threads() != (os.cpu_count() or 1):
+        cmd += ["--threads", str(torch.get_num_threads())]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -156,8 +159,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the slowest reference cases (512^2 model, 256^2 training)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     parser.add_argument("--timeout", type=int, default=3000, help="seconds allowed for one measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per measurement (default: torch's own choice, one per core)")
     parser.add_argument("--one", nargs=4, metavar=("CASE", "SIZE", "IMPL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         case, size, impl, repeats = args.one
         print(json.dumps(run_case(case, int(size), impl, int(repeats))))
