@@ -17,3 +17,9 @@ __all__ = [
     "RegionPlan",
     "WindowAttention",
 ]
+
+# RDST and SRDA blocks
+from monai_rat.networks.blocks.spatial_attention import SpatialAttention
+from monai_rat.networks.blocks.swin import DSTB, RDSTB, ShiftedWindowAttention, SwinLayer, shifted_window_mask
+
+__all__ += ["SpatialAttention", "DSTB", "RDSTB", "ShiftedWindowAttention", "SwinLayer", "shifted_window_mask"]
