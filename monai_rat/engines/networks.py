@@ -16,13 +16,17 @@ class RegionMapNetwork(nn.Module):
     MONAI's ``verify_net_in_out`` and ``ckpt_export`` and MONAI Label's ``BundleInferTask`` feed a
     network one tensor. RAT also needs a region map. This wrapper makes one when none is passed:
 
-    - ``partition`` callable: ``regions = partition(x)`` (e.g. a superpixel/SAM partitioner returning a
-      ``(B, 1, H, W)`` integer map);
+    - ``partition`` callable: applied to each image ``x[i]`` (``(C, H, W)``, on the CPU), returning its
+      ``(1, H, W)`` integer map, e.g. ``monai_rat.transforms.RegionPartition`` (superpixels, or SAM with a
+      checkpoint; its ``window`` in the network input's units);
     - ``partition="single"``: every pixel in one region, which makes RAT's region attention global
       attention (the network then is RAT with ``attention="global"``, Table 4's MSA row); used by the
       bundle's ``network_single_input`` id for MONAI's shape/dtype checks and export.
 
     A region map passed explicitly (``forward(x, regions)``) is always used as given.
+
+    ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no ``network.`` prefix), so the
+    wrapper loads and saves the same ``model.pt`` as the bare network.
 
     Args:
         network: a module ``network(x, regions)``.
@@ -50,5 +54,20 @@ class RegionMapNetwork(nn.Module):
             if self.partition == "single":
                 regions = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.long, device=x.device)
             else:
-                regions = self.partition(x)
+                maps = [torch.as_tensor(self.partition(x[i].detach().cpu())) for i in range(x.shape[0])]
+                regions = torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
         return self.network(x, regions)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped network's ``state_dict`` (same keys as the bare network)."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a bare network's ``state_dict`` into the wrapped network.
+
+        Args:
+            state_dict: the bare network's state dict.
+            strict: as ``torch.nn.Module.load_state_dict``.
+            assign: as ``torch.nn.Module.load_state_dict``.
+        """
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
