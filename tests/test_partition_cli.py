@@ -1,0 +1,164 @@
+"""Bulk precompute: python -m monai_rat.partition over NIfTI and PNG folders and datalists, twice (second: all hits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sam_tiny_helpers import blob_image, tiny_sam
+
+from monai_rat.partition import find_images, main, read_datalist
+from monai_rat.transforms import register_sam_model
+from monai_rat.transforms.partition import CHECKPOINT_ENV
+from monai_rat.transforms.partition import sam as sam_module
+
+REPO = Path(__file__).resolve().parents[1]
+BUILDS: list[int] = []
+register_sam_model("tiny_test_cli", lambda checkpoint=None: BUILDS.append(1) or tiny_sam())
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    src = tmp_path / "images"
+    (src / "sub").mkdir(parents=True)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(blob_image(40, 36, seed=1)[0], affine), src / "slice.nii.gz")
+    vol = np.stack([blob_image(40, 36, seed=s)[0] for s in (2, 3)], -1)
+    nib.save(nib.Nifti1Image(vol, affine), src / "sub" / "volume.nii")
+    grey = blob_image(30, 44, seed=4)[0]
+    Image.fromarray(np.uint8((grey - grey.min()) / (grey.max() - grey.min()) * 255)).save(src / "grey.png")
+    rgb = np.stack([np.asarray(Image.open(src / "grey.png"))] * 3, -1)
+    rgb[..., 0] = 255 - rgb[..., 0]
+    Image.fromarray(rgb).save(src / "sub" / "colour.png")
+    (src / "notes.txt").write_text("not an image")
+    return src
+
+
+def _summary(out, name="partition_summary.json"):
+    return json.loads((out / name).read_text())
+
+
+def _outputs(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*_regions.nii.gz"))
+
+
+EXPECTED = ["grey_regions.nii.gz", "slice_regions.nii.gz", "sub/colour_regions.nii.gz", "sub/volume_regions.nii.gz"]
+
+
+def test_folder_twice_superpixel(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    out = tmp_path / "out"
+    assert main([str(image_folder), "-o", str(out), "--no-progress"]) == 0
+    first = _summary(out)
+    assert first["method"] == "superpixel" and first["computed"]["count"] == 4 and first["cached"]["count"] == 0
+    assert _outputs(out) == EXPECTED
+    # NIfTI maps: int32, the image's grid and affine, labels 1..L
+    vol = nib.load(out / "sub" / "volume_regions.nii.gz")
+    assert vol.shape == (40, 36, 2) and vol.get_data_dtype() == np.int32
+    np.testing.assert_allclose(vol.affine, np.diag([0.7, 0.8, 2.5, 1.0]))
+    png = nib.load(out / "sub" / "colour_regions.nii.gz")
+    assert png.shape == (44, 30)  # MONAI's PIL reader puts width first; the map has the loaded image's grid
+    for name in EXPECTED:
+        data = np.asarray(nib.load(out / name).dataobj)
+        assert data.min() == 1
+    text = capsys.readouterr().out
+    assert "computed : 4  per image mean" in text and "cached   : 0" in text
+    before = {p: (out / p).stat().st_mtime_ns for p in EXPECTED}
+    # second run: every image is a cache hit, nothing is rewritten
+    assert main([str(image_folder), "-o", str(out), "--no-progress"]) == 0
+    second = _summary(out)
+    assert second["computed"]["count"] == 0 and second["cached"]["count"] == 4
+    assert {p: (out / p).stat().st_mtime_ns for p in EXPECTED} == before
+    assert all(isinstance(r["seconds"], float) for r in second["items"])
+    assert "cached   : 4  per image mean" in capsys.readouterr().out
+    # a deleted output is rewritten from the cache, still without recomputing
+    (out / "grey_regions.nii.gz").unlink()
+    assert main([str(image_folder), "-o", str(out), "--no-progress"]) == 0
+    assert _summary(out)["cached"]["count"] == 4 and (out / "grey_regions.nii.gz").is_file()
+
+
+def test_folder_twice_sam_batched(image_folder, tmp_path, monkeypatch):
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(tiny_sam().state_dict(), ckpt)
+    monkeypatch.setattr(sam_module, "_MODELS", {})
+    BUILDS.clear()
+    out = tmp_path / "out"
+    args = [str(image_folder), "-o", str(out), "--checkpoint", str(ckpt), "--model-type", "tiny_test_cli",
+            "--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+            "--batch-size", "3", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    first = _summary(out)
+    assert first["method"] == "sam" and first["batch_size"] == 3 and first["computed"]["count"] == 4
+    assert len(BUILDS) == 1 and _outputs(out) == EXPECTED
+    monkeypatch.setattr(sam_module, "_MODELS", {})
+    assert main(args) == 0
+    assert _summary(out)["cached"]["count"] == 4 and len(BUILDS) == 1  # second run: no model built
+
+
+def test_datalist_and_torchrun_shards(image_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    datalist = image_folder / "datalist.json"
+    items = [{"image": p, "label": 0} for p in ("slice.nii.gz", "sub/volume.nii", "grey.png", "sub/colour.png")]
+    datalist.write_text(json.dumps({"training": items[:3], "validation": items[3:]}))
+    assert [n for _, n in read_datalist(datalist)] == ["slice", "sub/volume", "grey"]
+    assert [n for _, n in read_datalist(datalist, "validation")] == ["sub/colour"]
+    out = tmp_path / "out"
+    shards = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main([str(datalist), "-o", str(out), "--no-progress"]) == 0
+        s = _summary(out, f"partition_summary_rank{rank}.json")
+        assert s["rank"] == rank and s["world_size"] == 2
+        shards[rank] = [Path(r["input"]).name for r in s["items"]]
+    assert shards == {0: ["slice.nii.gz", "grey.png"], 1: ["volume.nii"]}  # items[rank::world_size]
+    assert _outputs(out) == ["grey_regions.nii.gz", "slice_regions.nii.gz", "sub/volume_regions.nii.gz"]
+
+
+def test_bad_files_are_reported_not_fatal(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    bad = np.full((8, 8), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), image_folder / "nan.nii.gz")
+    (image_folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main([str(image_folder), "-o", str(out), "--no-progress"]) == 1
+    s = _summary(out)
+    failed = {Path(r["input"]).name: r["error"] for r in s["items"] if r["status"] == "failed"}
+    assert set(failed) == {"nan.nii.gz", "broken.png"} and "NaN" in failed["nan.nii.gz"]
+    assert s["computed"]["count"] == 4
+    assert "nan.nii.gz: ValueError" in capsys.readouterr().out
+
+
+def test_missing_input_and_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="input: no such folder"):
+        main([str(tmp_path / "none"), "-o", str(tmp_path / "out")])
+    (tmp_path / "imgs").mkdir()
+    missing = tmp_path / "sam_vit_b_01ec64.pth"
+    with pytest.raises(FileNotFoundError, match=f"checkpoint.*{missing}"):
+        main([str(tmp_path / "imgs"), "-o", str(tmp_path / "out"), "--checkpoint", str(missing)])
+    assert find_images(tmp_path / "imgs") == []
+
+
+def test_module_and_console_script(image_folder, tmp_path):
+    scripts = [ep for ep in entry_points(group="console_scripts") if ep.name == "monai-rat-partition"]
+    assert scripts and scripts[0].value == "monai_rat.partition:main"
+    assert "console_scripts =\n    monai-rat-partition = monai_rat.partition:main" in (REPO / "setup.cfg").read_text()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", CHECKPOINT_ENV)}
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "monai_rat.partition", str(image_folder), "-o", str(out), "--method", "superpixel"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "computed : 4" in run.stdout
+    assert "regions rank 0/1: 100%" in run.stderr  # the tqdm progress bar
+    assert "using superpixels" in run.stderr
