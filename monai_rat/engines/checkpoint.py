@@ -189,7 +189,9 @@ class AtomicCheckpointSaver:
         if _rank() != 0:
             return
         atomic_torch_save(self._content(), self.path)
-        where = f" at iteration {engine.state.iteration}" if engine is not None else ""
+        where = ""
+        if engine is not None:
+            where = f" after round {engine.state.epoch}" if self.key_metric_name else f" at iteration {engine.state.iteration}"
         self.logger.info(f"Saved checkpoint {self.path}{where}.")
 
     def save_if_best(self, engine: Any) -> None:
