@@ -108,6 +108,9 @@ def test_segmenter_from_checkpoint(tmp_path):
     sr, hr = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(from_path(sr, hr), from_module(sr, hr))
     assert not any(p.requires_grad for p in from_path.segmenter.parameters())
+    # a bundle config's nested component arrives already built
+    built = SegmentationPerceptualLoss(path, segmenter_config=BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), use_decoder=True)
+    torch.testing.assert_close(built(sr, hr), from_module(sr, hr))
 
 
 def test_perceptual_bad_inputs(tmp_path):

@@ -49,7 +49,7 @@ def default_encoder_layers(segmenter: nn.Module) -> tuple[str, ...]:
     )
 
 
-def load_segmenter(checkpoint: str | os.PathLike, network_config: Mapping) -> nn.Module:
+def load_segmenter(checkpoint: str | os.PathLike, network_config: Mapping | nn.Module) -> nn.Module:
     """Build a segmentation network from a MONAI-style config and load a checkpoint into it.
 
     Args:
@@ -57,7 +57,8 @@ def load_segmenter(checkpoint: str | os.PathLike, network_config: Mapping) -> nn
             ``"network"``, ``"state_dict"`` or ``"params"`` (MONAI bundles' ``model.pt`` and
             ``CheckpointSaver`` files); ``module.`` prefixes (DataParallel/DDP) are stripped.
         network_config: e.g. ``{"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2,
-            "in_channels": 1, "out_channels": 3}``, built with ``monai.bundle.ConfigParser``.
+            "in_channels": 1, "out_channels": 3}``, built with ``monai.bundle.ConfigParser``; or the network
+            already built (what a bundle config's nested ``_target_`` component arrives as).
 
     Raises:
         FileNotFoundError: when ``checkpoint`` does not exist.
@@ -68,13 +69,16 @@ def load_segmenter(checkpoint: str | os.PathLike, network_config: Mapping) -> nn
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"segmenter checkpoint {path!r} does not exist.")
-    if not isinstance(network_config, Mapping) or "_target_" not in network_config:
+    if isinstance(network_config, nn.Module):
+        net, target = network_config, type(network_config).__name__
+    elif not isinstance(network_config, Mapping) or "_target_" not in network_config:
         raise ValueError(
             "a segmenter given as a checkpoint path needs segmenter_config, a dict with '_target_', e.g. "
             "{'_target_': 'monai.networks.nets.BasicUNet', 'spatial_dims': 2, 'in_channels': 1, 'out_channels': 3}; "
             f"got {network_config!r}."
         )
-    net = ConfigParser(dict(network_config)).get_parsed_content()
+    else:
+        net, target = ConfigParser(dict(network_config)).get_parsed_content(), network_config["_target_"]
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "network", "state_dict", "params"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
@@ -84,7 +88,7 @@ def load_segmenter(checkpoint: str | os.PathLike, network_config: Mapping) -> nn
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"segmenter checkpoint {path!r} does not fit {network_config['_target_']}: {e}") from e
+        raise ValueError(f"segmenter checkpoint {path!r} does not fit {target}: {e}") from e
     return net
 
 
@@ -116,7 +120,7 @@ class SegmentationPerceptualLoss(_Loss):
         use_dice: add ``L_HRL``.
         alpha: weight of the pixel L1 term (1.0).
         lam: weight of ``L_U`` (10.0).
-        segmenter_config: network config when ``segmenter`` is a path.
+        segmenter_config: network config (or the built network) when ``segmenter`` is a path.
         reduction: ``"mean"`` (over the batch), ``"sum"``, or ``"none"`` (one total per image, ``(B,)``).
 
     Raises:
