@@ -13,6 +13,10 @@ import torch
 
 __all__ = ["AtomicCheckpointSaver", "atomic_torch_save"]
 
+#: LR-scheduler state entries that record progress; every other entry (T_max, eta_min, base_lrs ...) is
+#: configuration, which a resumed run takes from its current config.
+_SCHEDULER_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
+
 
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -61,7 +65,10 @@ class AtomicCheckpointSaver:
     - **last** (attach to the trainer): saves every ``save_interval`` epochs and when training completes;
       with ``resume=True`` it loads the file, if it exists, when the trainer starts, so rerunning with the
       same output folder continues (network, optimizer, scheduler, trainer iteration, best-metric state).
-      A run that had completed ends at once; raise the iteration count to train on.
+      A run that had completed ends at once; raise the iteration count to train on. A learning-rate
+      scheduler keeps its progress from the file but its settings (e.g. ``T_max``) from the current
+      config, so a longer schedule continues on its new cosine curve (closed form at the resumed iteration)
+      instead of restarting it.
     - **best** (attach to the evaluator, ``key_metric_name`` set): saves when the metric improves on the
       best seen so far; its own best value is kept in ``state_dict()`` so it survives a resume when this
       saver is listed in the last-checkpoint's ``save_dict``.
@@ -235,7 +242,22 @@ class AtomicCheckpointSaver:
             if missing:
                 raise KeyError(f"entries {missing} are missing (found {list(checkpoint)})")
             max_epochs = engine.state.max_epochs
+            configured = {
+                k: v.state_dict() for k, v in objects.items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)
+            }
             Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+            for k, conf in configured.items():
+                loaded = objects[k].state_dict()
+                changed = {n: (loaded[n], v) for n, v in conf.items() if n not in _SCHEDULER_PROGRESS and loaded.get(n) != v}
+                if changed:
+                    self.logger.info(f"Resuming {k} with the current config's settings {changed} (checkpoint -> config).")
+                    sched = objects[k]
+                    sched.load_state_dict({**loaded, **{n: conf[n] for n in changed}})
+                    if hasattr(sched, "_get_closed_form_lr"):  # put the lr on the new curve (e.g. cosine)
+                        lrs = sched._get_closed_form_lr()
+                        for group, lr in zip(sched.optimizer.param_groups, lrs):
+                            group["lr"] = lr
+                        sched._last_lr = list(lrs)
         except Exception as e:
             raise RuntimeError(
                 f"Cannot resume from {self.path}: {e}. Delete the file (or use another output_dir) to start afresh."

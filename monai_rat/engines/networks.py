@@ -20,8 +20,11 @@ class RegionMapNetwork(nn.Module):
       ``(1, H, W)`` integer map, e.g. ``monai_rat.transforms.RegionPartition`` (superpixels, or SAM with a
       checkpoint; its ``window`` in the network input's units);
     - ``partition="single"``: every pixel in one region, which makes RAT's region attention global
-      attention (the network then is RAT with ``attention="global"``, Table 4's MSA row); used by the
-      bundle's ``network_single_input`` id for MONAI's shape/dtype checks and export.
+      attention (the network then is RAT with ``attention="global"``, Table 4's MSA row);
+    - ``partition="channel"``: the input's last channel holds the region labels (as floats, cast to
+      int64) and the others the image, i.e. ``network(x[:, :-1], x[:, -1:].long())``: MONAI's answer for
+      two inputs (one multi-channel input), used by the bundle's ``network_export`` id so that
+      ``ckpt_export --use_trace True`` can trace a network that takes the image *and* its region map.
 
     A region map passed explicitly (``forward(x, regions)``) is always used as given.
 
@@ -33,13 +36,13 @@ class RegionMapNetwork(nn.Module):
         partition: ``"single"`` or a callable ``x -> regions``.
 
     Raises:
-        ValueError: when ``partition`` is neither ``"single"`` nor callable.
+        ValueError: when ``partition`` is not ``"single"``, ``"channel"`` or a callable.
     """
 
     def __init__(self, network: nn.Module, partition: str | Callable[[torch.Tensor], Any] = "single") -> None:
         super().__init__()
-        if partition != "single" and not callable(partition):
-            raise ValueError(f"`partition` must be 'single' or a callable x -> regions, got {partition!r}.")
+        if partition not in ("single", "channel") and not callable(partition):
+            raise ValueError(f"`partition` must be 'single', 'channel' or a callable image -> regions, got {partition!r}.")
         self.network = network
         self.partition = partition
 
@@ -47,9 +50,11 @@ class RegionMapNetwork(nn.Module):
         """Restore ``x`` with ``regions`` (made by ``partition`` when ``None``).
 
         Args:
-            x: ``(B, C, H, W)`` image.
+            x: ``(B, C, H, W)`` image (``partition="channel"``: ``(B, C + 1, H, W)``, region labels last).
             regions: optional ``(B, 1, H, W)`` integer region map.
         """
+        if self.partition == "channel" and regions is None:
+            return self.network(x[:, :-1], x[:, -1:].round().long())
         if regions is None:
             if self.partition == "single":
                 regions = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.long, device=x.device)
