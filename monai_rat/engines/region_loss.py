@@ -49,7 +49,10 @@ class RegionLossAdapter(nn.Module):
         Args:
             engine: the MONAI/ignite trainer whose ``loss_function`` is this adapter.
         """
-        self._engine = weakref.ref(engine)
+        try:
+            self._engine = weakref.ref(engine)  # no reference cycle trainer -> loss -> trainer
+        except TypeError:  # an object without weak-reference support
+            self._engine = lambda: engine
 
     def current_regions(self) -> torch.Tensor:
         """The region map of the attached engine's current batch.

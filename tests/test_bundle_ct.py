@@ -1,0 +1,270 @@
+"""The CT bundle end to end, through the real ``python -m monai.bundle`` command line.
+
+One tiny training run (demo data, 4 iterations, 32x32 crops, feature_size 8) is shared by the tests of
+evaluation, inference, resume, export and MONAI's checks; the 2-process DDP run and the mlflow run are
+their own. Each subprocess runs with one OpenMP thread (two processes on two cores in the DDP test; on
+a busy machine more threads per process only add contention).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--num_iterations", "4",
+    "--val_interval", "2",
+    "--log_interval", "1",
+    "--batch_size", "2",
+    "--patch_size", "[32,32]",
+    "--feature_size", "8",
+]  # fmt: skip
+
+
+def _env(cache: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        MONAI_RAT_CACHE=str(cache),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def _bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None) -> str:
+    """Run ``python -m monai.bundle <args>`` from the repository root; return its output, fail with it."""
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bundle_ct")
+
+
+@pytest.fixture(scope="module")
+def trained(work: Path) -> dict:
+    """Train the tiny bundle once with the user's command plus size overrides."""
+    out_dir = work / "run"
+    out = _bundle(
+        ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
+         "--region_cache_dir", str(work / "regions"), *TINY],
+        work / "cache",
+    )  # fmt: skip
+    return {"out_dir": out_dir, "log": out, "cache": work / "cache", "regions": work / "regions"}
+
+
+def test_training_run_writes_checkpoints_and_metrics(trained):
+    out_dir, log = trained["out_dir"], trained["log"]
+    assert "Training schedule 'demo' (no dataset_dir is set)" in log
+    assert "To train on real data" in log and "--dataset_dir" in log
+    assert "using superpixels" in log  # no SAM checkpoint configured: the fallback is logged
+    assert (out_dir / "models" / "model.pt").is_file()
+    assert (out_dir / "models" / "last.pt").is_file()
+    rows = _rows(out_dir / "logs" / "metrics.csv")
+    assert [int(r["iteration"]) for r in rows] == [2, 4]
+    for r in rows:
+        assert np.isfinite(float(r["val_psnr"])) and np.isfinite(float(r["val_ssim"])) and float(r["train_loss"]) > 0
+    history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [2, 4]
+    # cosine annealing per iteration, down to the floor at the last iteration
+    assert history[-1]["lr"] == pytest.approx(1e-6)
+    assert history[0]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 2 / 4)) / 2)
+    assert list((out_dir / "logs").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    # the best checkpoint is a plain RAT state dict (what inference.json and MONAI Label load)
+    from monai_rat.networks import RAT
+
+    net = RAT(feature_size=8)
+    net.load_state_dict(torch.load(out_dir / "models" / "model.pt", weights_only=True))
+    state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    assert set(state) == {"network", "optimizer", "lr_scheduler", "best_saver", "trainer"}
+    assert state["trainer"]["iteration"] == 4
+    assert state["best_saver"]["best_metric"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-4)
+
+
+def test_resume_continues_from_last_checkpoint(trained, work):
+    out_dir = work / "resume"
+    shutil.copytree(trained["out_dir"], out_dir)
+    before = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    args = ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
+            "--region_cache_dir", str(trained["regions"]), *TINY]  # fmt: skip
+    # same settings: the run had completed, so nothing is trained again
+    log = _bundle(args, trained["cache"])
+    assert "Resumed from" in log and "at iteration 4" in log
+    assert "Epoch: 1/" not in log and "Epoch: 3/" not in log
+    # a longer schedule continues from iteration 4 (model, optimizer, scheduler and iteration restored)
+    args[args.index("--num_iterations") + 1] = "8"
+    log = _bundle(args, trained["cache"])
+    assert "Resumed from" in log and "at iteration 4" in log
+    assert "Epoch: 3/4, Iter: 1/2" in log and "Epoch: 1/4" not in log
+    after = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    assert after["trainer"]["iteration"] == 8
+    assert after["optimizer"]["state"][0]["step"] == before["optimizer"]["state"][0]["step"] + 4
+    assert after["lr_scheduler"]["last_epoch"] == 8 and after["lr_scheduler"]["T_max"] == 8
+    history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [2, 4, 6, 8]
+    # iteration 6 of the new 8-iteration cosine, not a restart of the old one
+    assert history[2]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 6 / 8)) / 2, rel=1e-4)
+
+
+def test_evaluation_reports_restored_and_input_scores(trained):
+    out_dir = trained["out_dir"]
+    log = _bundle(
+        ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
+         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
+        trained["cache"],
+    )  # fmt: skip
+    assert "PSNR (dB): restored" in log and "low-dose input" in log
+    summary = json.loads((out_dir / "eval" / "summary.json").read_text())
+    assert summary["data_range"] == 1.0 and "4096 HU" in summary["data_range_note"]
+    metrics = summary["metrics"]
+    for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
+        assert metrics[name]["n"] == 4  # every demo test slice, whole (128 x 128), none skipped
+        assert np.isfinite(metrics[name]["mean"]) and metrics[name]["std"] >= 0
+    assert metrics["input_psnr"]["mean"] > 25  # quarter-dose demo input vs full dose
+    rows = {r["metric"]: r for r in _rows(out_dir / "eval" / "summary.csv")}
+    assert float(rows["input_psnr"]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
+    raw = (out_dir / "eval" / "val_psnr_raw.csv").read_text()
+    assert raw.count("\n") == 5 and "ellipses_val_000" in raw  # header + one row per image, with its file
+
+
+def test_inference_nifti_png_dicom_any_size(trained, work):
+    import nibabel as nib
+    import pydicom
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    src = work / "infer_in"
+    (src / "series").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "series" / "CT_small.dcm")
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/ellipses_val_000.nii.gz"))[0]
+    hu = np.asarray(nib.load(demo).get_fdata())
+    nib.save(nib.Nifti1Image(hu[:100, :72].astype(np.float32), np.eye(4)), src / "odd.nii.gz")
+    Image.fromarray(np.clip(hu[:90, :110] + 1024, 0, 65535).astype(np.uint16)).save(src / "slice.png")
+    out_dir = work / "infer_out"
+    _bundle(
+        ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
+         "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8",
+         "--region_cache_dir", str(trained["regions"])],
+        trained["cache"],
+    )  # fmt: skip
+    odd = nib.load(out_dir / "odd_rat.nii.gz").get_fdata()
+    assert odd.shape == (100, 72) and np.isfinite(odd).all()
+    assert np.abs(odd - hu[:100, :72]).mean() < 500  # in HU, near the input (4 training iterations)
+    assert nib.load(out_dir / "slice_rat.nii.gz").get_fdata().shape == (110, 90)  # MONAI's PNG axis order
+    assert nib.load(out_dir / "series" / "CT_small_rat.nii.gz").get_fdata().shape == (128, 128)
+    written = list((out_dir / "dicom").rglob("*.dcm"))
+    assert len(written) == 1  # DICOM out for the DICOM input only
+    ds, ref = pydicom.dcmread(written[0]), pydicom.dcmread(src / "series" / "CT_small.dcm")
+    assert ds.PatientID == ref.PatientID and ds.SeriesInstanceUID != ref.SeriesInstanceUID
+    assert ds.SOPInstanceUID != ref.SOPInstanceUID and ds.ImageType[0] == "DERIVED"
+    assert ds.pixel_array.shape == ref.pixel_array.shape
+
+
+def test_verify_net_in_out_and_torchscript_export(trained, work):
+    common = ["--meta_file", "bundles/ct/configs/metadata.json", "--config_file", "bundles/ct/configs/inference.json",
+              "--feature_size", "8", "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+    log = _bundle(["verify_net_in_out", "network_def", *common], trained["cache"])
+    assert "data shape of network is verified with no error" in log
+    ts_path = work / "export" / "model.ts"
+    ts_path.parent.mkdir()
+    _bundle(
+        ["ckpt_export", "network_export", "--filepath", str(ts_path), "--ckpt_file",
+         str(trained["out_dir"] / "models" / "model.pt"), "--use_trace", "True", "--input_shape", "[1, 2, 32, 32]",
+         *common],
+        trained["cache"],
+    )  # fmt: skip
+    from monai_rat.networks import RAT
+
+    net = RAT(feature_size=8).eval()
+    net.load_state_dict(torch.load(trained["out_dir"] / "models" / "model.pt", weights_only=True))
+    ts = torch.jit.load(str(ts_path))
+    x = torch.rand(1, 1, 48, 64)  # another size (a multiple of 16) and a region map unlike the trace's
+    regions = torch.zeros(1, 1, 48, 64, dtype=torch.long)
+    regions[..., :20, :] = 3
+    regions[..., 30:, 40:] = 7
+    with torch.no_grad():
+        torch.testing.assert_close(ts(torch.cat([x, regions.float()], 1)), net(x, regions), atol=1e-5, rtol=1e-4)
+
+
+def test_bundle_files_follow_the_spec_with_one_source_of_truth():
+    ct = ROOT / "bundles" / "ct"
+    for name in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
+        link = ct / name
+        assert link.is_symlink() and os.readlink(link) == f"configs/{name}", f"{link} must link to configs/{name}"
+        assert (ct / "configs" / name).is_file() and not (ct / "configs" / name).is_symlink()
+    listed = subprocess.run(
+        ["git", "ls-files", "-s", "bundles/ct/train.json"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    if listed:  # in a git checkout: stored as a symlink (mode 120000), so a clone recreates it
+        assert listed.startswith("120000"), listed
+    assert (ct / "docs" / "README.md").is_file() and (ct / "models").is_dir()
+    from monai.bundle import ConfigParser
+
+    meta = ConfigParser.load_config_file(ct / "metadata.json")
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    # inference.json is self-contained (MONAI Label loads it from any working directory): no macros
+    def strings(v):
+        if isinstance(v, dict):
+            return [s for x in v.values() for s in strings(x)]
+        if isinstance(v, list):
+            return [s for x in v for s in strings(x)]
+        return [v] if isinstance(v, str) else []
+
+    assert not [s for s in strings(ConfigParser.load_config_file(ct / "inference.json")) if s.startswith("%")]
+
+
+def test_ddp_two_processes_gloo_on_cpu(work, trained):
+    out_dir = work / "ddp"
+    log = _bundle(
+        ["run", "training", "--config_file", "['bundles/ct/train.json','bundles/ct/multi_gpu_train.json']",
+         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
+        trained["cache"],
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    )  # fmt: skip
+    assert log.count("Validation at iteration") == 2, "the metric history must run on rank 0 only"
+    assert (out_dir / "models" / "last.pt").is_file() and (out_dir / "models" / "model.pt").is_file()
+    state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 4
+    assert not any(k.startswith("module.") for k in state["network"]), "the checkpoint must hold the bare network"
+    assert [int(r["iteration"]) for r in _rows(out_dir / "logs" / "metrics.csv")] == [2, 4]
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("mlflow") is None, reason="mlflow not installed (pip install monai-rat[mlflow])"
+)
+def test_mlflow_tracking(work, trained):
+    out_dir = work / "mlflow"
+    _bundle(
+        ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
+         "--region_cache_dir", str(trained["regions"]), "--tracking", "mlflow", *TINY],
+        trained["cache"],
+    )  # fmt: skip
+    assert (out_dir / "mlruns.db").is_file()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out_dir / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["monai_experiment"])
+    assert len(runs) >= 1 and "metrics.train_loss" in runs.columns and "metrics.val_psnr" in runs.columns
