@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
+    CastToTyped,
     CenterSpatialCropd,
     Compose,
     RandFlipd,
@@ -78,6 +79,10 @@ def test_resize_with_nearest_for_the_map():
     # down-sizing as the network does (x1/4, nearest): the map stays a valid labelling of the smaller grid
     small = Resized(["regions"], spatial_size=(16, 14), mode="nearest")({"regions": d["regions"]})["regions"]
     assert set(np.unique(np.asarray(small))) <= set(np.unique(regions))
+    # Resize returns float32 even in nearest mode; casting back is exact
+    assert small.dtype == torch.float32
+    back = CastToTyped(["regions"], dtype=torch.int32)({"regions": small})["regions"]
+    assert back.dtype == torch.int32 and np.array_equal(np.asarray(back), np.asarray(small))
 
 
 def test_resize_bilinear_would_corrupt_the_map():

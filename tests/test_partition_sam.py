@@ -222,3 +222,15 @@ def test_constant_image_is_one_region_without_running_sam(caplog):
     assert (out_window == 1).all()  # everything below the window: constant after windowing
     assert counter.total == 0
     assert any("constant image" in r.getMessage() for r in caplog.records)
+
+
+def test_one_transform_shared_by_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    part = SAMPartition(model=tiny_sam(), **KEEP_ALL)
+    imgs = [blob_image(32, 32, seed=s) for s in range(4)]
+    expected = [part(i) for i in imgs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(part, imgs))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

@@ -257,6 +257,7 @@ class SAMPartition(RegionPartitioner):
             self._model = model.to(self.device)
         self._generator: Any = None
         self._model_id: str | None = None
+        self._lock = threading.Lock()  # the generator's predictor holds one image at a time
 
     # -- model ----------------------------------------------------------------------------------------
     @property
@@ -356,12 +357,13 @@ class SAMPartition(RegionPartitioner):
         return [(tuple(rgb.shape[:2]), size, feats[j : j + 1]) for j, (rgb, size) in enumerate(zip(rgbs, sizes))]
 
     def _generate(self, rgb: np.ndarray, preset: tuple | None) -> np.ndarray:
-        gen = self.generator
-        gen.predictor.preset = preset
-        try:
-            records = gen.generate(rgb)
-        finally:
-            gen.predictor.preset = None
+        with self._lock:
+            gen = self.generator
+            gen.predictor.preset = preset
+            try:
+                records = gen.generate(rgb)
+            finally:
+                gen.predictor.preset = None
         if not records:
             logger.info(
                 "SAMPartition: SAM kept no mask for an image of shape %s; the whole image is one region.",
@@ -373,9 +375,14 @@ class SAMPartition(RegionPartitioner):
         # a model loaded from a checkpoint is reloaded in the receiving process, not pickled
         state = dict(self.__dict__)
         state["_generator"] = None
+        del state["_lock"]
         if self.checkpoint is not None:
             state["_model"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 class SAMPartitiond(RegionPartitionerd):
