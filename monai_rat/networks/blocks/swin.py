@@ -90,12 +90,15 @@ class ShiftedWindowAttention(nn.Module):
             mask: optional ``(num_windows, N, N)`` additive mask (see :func:`shifted_window_mask`).
         """
         b, nw, n, c = windows.shape
-        qkv = self.qkv(windows).view(b, nw, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        bias = self.position_bias().to(windows.dtype)  # (heads, N, N)
+        # 4D (B * nW, heads, N, hd) so that SDPA takes its fused CPU/GPU kernels rather than the math fallback
+        qkv = self.qkv(windows).view(b * nw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = self.position_bias().to(windows.dtype).unsqueeze(0)  # (1, heads, N, N)
         if mask is not None:
-            bias = bias.unsqueeze(0) + mask.to(windows.dtype).unsqueeze(1)  # (nW, heads, N, N)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)  # (B, nW, heads, N, hd)
-        return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+            bias = (bias + mask.to(windows.dtype).unsqueeze(1)).expand(b, -1, -1, -1, -1).reshape(b * nw, self.num_heads, n, n)
+        else:  # a 4D mask keeps SDPA on its fused kernel (a 3D one falls back to the math path on the CPU)
+            bias = bias.expand(b * nw, -1, -1, -1)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)  # (B * nW, heads, N, hd)
+        return self.proj(out.transpose(1, 2).reshape(b, nw, n, c))
 
 
 class SwinLayer(nn.Module):
