@@ -180,6 +180,19 @@ def test_inference_datalist_kinds_and_errors(tmp_path):
         inference_datalist(tmp_path)
 
 
+def test_apply_to_kinds():
+    from monai.data import MetaTensor
+
+    from monai_rat.engines import ApplyToKindsd
+
+    mark = ApplyToKindsd(lambda d: {**d, "done": True}, kinds=["dicom"])
+    assert mark({"kind": "dicom"})["done"] and "done" not in mark({"kind": "png"})
+    assert mark({"image": "/x/IM1.dcm"})["done"]  # no kind entry: told by the file name (e.g. MONAI Label)
+    assert "done" not in mark({"image": MetaTensor([1.0], meta={"filename_or_obj": "/x/a.nii.gz"})})
+    with pytest.raises(KeyError, match="no 'kind' entry"):
+        mark({"label": 1})
+
+
 def test_select_schedule(caplog):
     schedules = {"paper": {"num_iterations": 200000}, "demo": {"num_iterations": 10}}
     with caplog.at_level("INFO", logger="monai_rat.bundle"):

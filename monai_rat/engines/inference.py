@@ -97,28 +97,56 @@ def inference_datalist(input_path: str | os.PathLike, recursive: bool = True) ->
 
 
 class ApplyToKindsd(MapTransform):
-    """Apply ``transform`` to a data dictionary only when ``data[kind_key]`` is one of ``kinds``.
+    """Apply ``transform`` to a data dictionary only when the item is of one of ``kinds``.
 
-    Used by the inference configs to convert PNG intensities to HU and to write DICOM output only for
-    DICOM inputs; other items pass through unchanged.
+    Used by the inference config to convert PNG intensities to HU and to write DICOM output only for
+    DICOM inputs; other items pass through unchanged. The kind is ``data[kind_key]`` (set by
+    :func:`inference_datalist`) or, when absent (e.g. MONAI Label's data dictionaries), found from the
+    file name of ``data[source_key]`` (a path, or a MetaTensor's ``filename_or_obj``) by :func:`file_kind`.
 
     Args:
         transform: a callable on the data dictionary (e.g. a MONAI dictionary transform).
         kinds: the kinds it applies to, e.g. ``["dicom"]``.
-        kind_key: the dictionary key holding the kind (see :func:`inference_datalist`).
+        kind_key: the dictionary key holding the kind.
+        source_key: the key whose file name tells the kind when ``kind_key`` is absent.
 
     Raises:
         TypeError: when ``transform`` is not callable.
-        KeyError: at call time, when the data has no ``kind_key``.
+        KeyError: at call time, when neither ``kind_key`` nor a file name under ``source_key`` is found.
     """
 
-    def __init__(self, transform: Callable, kinds: Sequence[str], kind_key: str = "kind") -> None:
-        super().__init__(keys=[kind_key])
+    def __init__(self, transform: Callable, kinds: Sequence[str], kind_key: str = "kind", source_key: str = "image") -> None:
+        super().__init__(keys=[kind_key], allow_missing_keys=True)
         if not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
         self.transform = transform
         self.kinds = {str(kinds)} if isinstance(kinds, str) else {str(k) for k in kinds}
         self.kind_key = kind_key
+        self.source_key = source_key
+
+    def kind_of(self, data: Mapping[Hashable, Any]) -> str | None:
+        """The item's kind: ``data[kind_key]``, else from the source file's name.
+
+        Args:
+            data: the dictionary.
+
+        Raises:
+            KeyError: when neither is available.
+        """
+        if self.kind_key in data:
+            kind = data[self.kind_key]
+            if isinstance(kind, (list, tuple)):  # a collated batch of one
+                kind = kind[0] if len(kind) == 1 else None
+            return kind
+        src = data.get(self.source_key)
+        name = src if isinstance(src, (str, os.PathLike)) else (getattr(src, "meta", None) or {}).get("filename_or_obj")
+        if isinstance(name, (list, tuple)):
+            name = name[0] if len(name) == 1 else None
+        if not name:
+            raise KeyError(
+                f"ApplyToKindsd: no {self.kind_key!r} entry and no file name under {self.source_key!r} (keys: {list(data)})."
+            )
+        return file_kind(name)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Any:
         """Apply the transform when the item's kind matches.
@@ -127,14 +155,9 @@ class ApplyToKindsd(MapTransform):
             data: the dictionary.
 
         Raises:
-            KeyError: when ``data`` has no ``kind_key``.
+            KeyError: see :py:meth:`kind_of`.
         """
-        if self.kind_key not in data:
-            raise KeyError(f"ApplyToKindsd: the data has no {self.kind_key!r} entry (keys: {list(data)}).")
-        kind = data[self.kind_key]
-        if isinstance(kind, (list, tuple)):  # a collated batch of one
-            kind = kind[0] if len(kind) == 1 else None
-        return self.transform(data) if kind in self.kinds else data
+        return self.transform(data) if self.kind_of(data) in self.kinds else data
 
 
 class CopyMetad(MapTransform):
