@@ -133,7 +133,8 @@ def measure(case: str, size: int, impl: str, repeats: int, timeout: int) -> dict
     except subprocess.TimeoutExpired:
         return {"case": case, "size": size, "impl": impl, "error": f"timed out after {timeout} s"}
     if out.returncode != 0:
-        return {"case": case, "size": size, "impl": impl, "error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
+        reason = "killed (SIGKILL: out of memory?)" if out.returncode == -9 else f"exit {out.returncode}"
+        return {"case": case, "size": size, "impl": impl, "error": f"{reason}: {out.stderr.strip()[-300:]}".rstrip(": ")}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
