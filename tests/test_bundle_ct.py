@@ -103,6 +103,25 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert state["best_saver"]["best_metric"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-4)
 
 
+def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
+    datalist = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    out_dir = work / "json_run"
+    log = _bundle(
+        ["run", "training", "--config_file", "bundles/ct/train.json", "--dataset_dir", str(datalist),
+         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]),
+         *[("2" if prev == "--num_iterations" else a) for prev, a in zip([None, *TINY], TINY)],
+         "--num_workers", "0", "--cache_rate", "0.0"],
+        trained["cache"],
+    )  # fmt: skip
+    assert "Training schedule 'paper' (a dataset_dir is set)" in log
+    assert "To train on real data" not in log
+    assert [int(r["iteration"]) for r in _rows(out_dir / "logs" / "metrics.csv")] == [2]
+    # the paper's optimiser settings: Adam from 2e-4, cosine to 1e-6 (reached at the last iteration)
+    state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2e-4)
+    assert state["lr_scheduler"]["eta_min"] == pytest.approx(1e-6) and state["lr_scheduler"]["T_max"] == 2
+
+
 def test_resume_continues_from_last_checkpoint(trained, work):
     out_dir = work / "resume"
     shutil.copytree(trained["out_dir"], out_dir)
