@@ -142,3 +142,29 @@ def test_rdst_accepts_metatensor_and_is_deterministic_in_eval():
     with torch.no_grad():
         torch.testing.assert_close(net(MetaTensor(x)), net(x))
     assert F.l1_loss(net(x), net(x)) == 0
+
+
+def test_rdst_trains_with_segmentation_perceptual_loss_in_supervised_trainer():
+    from monai.data import DataLoader
+    from monai.engines import SupervisedTrainer
+    from monai.networks.nets import BasicUNet
+
+    from monai_rat.losses import SegmentationPerceptualLoss
+
+    torch.manual_seed(0)
+    net = RDST(upscale=4, **TINY)
+    seg = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4))
+    seg_before = {k: v.clone() for k, v in seg.state_dict().items()}
+    data = [{"image": torch.rand(1, 8, 8), "label": torch.rand(1, 32, 32)} for _ in range(4)]
+    head_before = net.head.weight.detach().clone()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(data, batch_size=2),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=SegmentationPerceptualLoss(seg, use_decoder=True, use_dice=True),
+    )
+    trainer.run()
+    assert not torch.equal(head_before, net.head.weight)
+    assert all(torch.equal(seg_before[k], v) for k, v in seg.state_dict().items())

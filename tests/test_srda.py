@@ -126,3 +126,39 @@ def test_bad_arguments(kwargs, match):
 def test_bad_input(srda4):
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\), got \(1, 3, 8, 8\)"):
         srda4(torch.rand(1, 3, 8, 8))
+
+
+def test_trains_and_validates_in_monai_engines(srda4):
+    """output='auto' through SupervisedTrainer (dict to the loss, labels read from the batch) and
+    SupervisedEvaluator (SR tensor to the metric), as the CT bundle runs it."""
+    from monai.data import DataLoader
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    from monai.handlers import MeanAbsoluteError, from_engine
+
+    data = [{"image": torch.rand(1, 8, 8), "label": torch.rand(1, 32, 32), "class_label": i % 3} for i in range(4)]
+    loader = DataLoader(data, batch_size=2)
+    srda4.output = "auto"
+    loss = DiagnosisGuidedAttentionLoss()
+    before = srda4.deform.weight.detach().clone()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=srda4,
+        optimizer=torch.optim.Adam(srda4.parameters(), 1e-3),
+        loss_function=loss,
+        train_handlers=[loss],
+    )
+    trainer.run()
+    assert torch.isfinite(torch.as_tensor(trainer.state.output[0]["loss"]))
+    assert not torch.equal(before, srda4.deform.weight)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=1),
+        network=srda4,
+        key_val_metric={"mae": MeanAbsoluteError(output_transform=from_engine(["pred", "label"]))},
+    )
+    evaluator.run()
+    assert evaluator.state.metrics["mae"] > 0
+    srda4.train()
+    srda4.output = "all"
