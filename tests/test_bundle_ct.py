@@ -104,7 +104,22 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
 
 
 def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
-    datalist = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    """A MONAI datalist JSON mixing the demo NIfTI pairs and DICOM slices (read by ITK as (1, X, Y, 1))."""
+    from pydicom.data import get_testdata_file
+
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    lists = json.loads(demo.read_text())
+    dcm_dir = work / "json_dicom"
+    dcm_dir.mkdir()
+    for name in ("low.dcm", "full.dcm"):
+        shutil.copy(get_testdata_file("CT_small.dcm"), dcm_dir / name)
+    dicom_pair = {"image": str(dcm_dir / "low.dcm"), "label": str(dcm_dir / "full.dcm")}
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({
+        "training": [{k: str(demo.parent / v) if k in ("image", "label") else v for k, v in d.items()}
+                     for d in lists["training"]] + [dicom_pair],
+        "validation": [dicom_pair],
+    }))  # fmt: skip
     out_dir = work / "json_run"
     log = _bundle(
         ["run", "training", "--config_file", "bundles/ct/train.json", "--dataset_dir", str(datalist),
