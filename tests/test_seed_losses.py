@@ -136,6 +136,8 @@ def test_perceptual_bad_inputs(tmp_path):
             segmenter_config={"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3},
         )
     loss = SegmentationPerceptualLoss(seg)
+    with pytest.raises(ValueError, match=r"segmenter \(UNet\) cannot take an image of shape \(1, 3, 32, 32\)"):
+        loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"same shape, got \(1, 1, 32, 32\) and \(1, 1, 8, 8\)"):
         loss(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 8, 8))
 

@@ -125,7 +125,8 @@ class SegmentationPerceptualLoss(_Loss):
 
     Raises:
         ValueError: for unknown layer names (the available ones are listed), no ``L_U`` term selected,
-            negative weights, an unknown reduction, or (in ``forward``) mismatched shapes.
+            negative weights, an unknown reduction, or (in ``forward``) mismatched shapes or an image the
+            segmenter cannot take (e.g. another channel count).
         TypeError: when ``segmenter`` is neither a module nor a path.
         FileNotFoundError: when a checkpoint path does not exist.
     """
@@ -190,6 +191,10 @@ class SegmentationPerceptualLoss(_Loss):
         self._capture = []
         try:
             out = self.segmenter(image)
+        except RuntimeError as e:  # typically a channel-count mismatch between the SR image and the segmenter
+            raise ValueError(
+                f"the segmenter ({type(self.segmenter).__name__}) cannot take an image of shape {tuple(image.shape)}: {e}"
+            ) from e
         finally:
             features, self._capture = self._capture, None
         if isinstance(out, (list, tuple)):  # deep supervision heads: the first is the full-resolution output
@@ -207,7 +212,7 @@ class SegmentationPerceptualLoss(_Loss):
             target: the HR image, same shape.
 
         Raises:
-            ValueError: when the shapes differ.
+            ValueError: when the shapes differ, or the segmenter cannot take the image.
         """
         if hasattr(input, "as_tensor"):
             input = input.as_tensor()
