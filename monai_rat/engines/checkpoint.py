@@ -134,6 +134,7 @@ class AtomicCheckpointSaver:
                 f"`save_engine={save_engine!r}` needs weights_only_state=False and a key not already in save_dict."
             )
         self._engine: Any = None
+        self._saved_at: tuple | None = None
         self.best_metric = -math.inf
         self.best_epoch = -1
         self.logger = logging.getLogger(__name__)
@@ -195,6 +196,11 @@ class AtomicCheckpointSaver:
         """
         if _rank() != 0:
             return
+        if self.key_metric_name is None and engine is not None:
+            at = (id(engine), engine.state.iteration)
+            if at == self._saved_at:  # e.g. COMPLETED right after the last EPOCH_COMPLETED save
+                return
+            self._saved_at = at
         atomic_torch_save(self._content(), self.path)
         where = ""
         if engine is not None:
