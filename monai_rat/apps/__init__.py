@@ -1,0 +1,1 @@
+"""Applications built on monai-rat: the MONAI Label app (``monai_rat/apps/monailabel``)."""

@@ -1,0 +1,311 @@
+"""The monai-rat MONAI Label app on a real server (no mocks).
+
+One server for the module: ``monailabel start_server`` on 127.0.0.1 and a free port, serving a copy of
+``bundles/ct`` (as ``ct``, with a checkpoint of a tiny RAT trained for a few steps here) and a second
+copy without a checkpoint (``ct_missing``). Results are compared with the same model run locally.
+
+Needs the ``monailabel`` extra (``pip install -e ".[test,monailabel]"``); skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("monailabel", reason="needs the monailabel extra: pip install -e '.[test,monailabel]'")
+
+import nibabel as nib  # noqa: E402
+import requests  # noqa: E402
+
+from monai_rat.apps.monailabel import APP_DIR  # noqa: E402
+from monai_rat.networks import RAT  # noqa: E402
+from monai_rat.transforms import RegionPartition  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"feature_size": 16, "num_groups": 1}  # the overrides the server gets, and the local model uses
+HU_WINDOW = (-1024.0, 3072.0)
+REGION_WINDOW = (-160.0, 240.0)
+AFFINE = np.array([[0.7, 0.05, 0.0, -120.0], [0.0, -0.7, 0.0, 85.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def tiny_rat() -> RAT:
+    """The network the bundle's network_def builds with the TINY overrides."""
+    net = json.loads((REPO / "bundles" / "ct" / "configs" / "inference.json").read_text())["network_def"]["network"]
+    kwargs = {k: v for k, v in net.items() if not k.startswith("_")}
+    kwargs["feature_size"] = TINY["feature_size"]
+    kwargs["num_groups"] = TINY["num_groups"]
+    return RAT(**kwargs)
+
+
+def train_tiny(path: Path) -> RAT:
+    """A few Adam steps (so the zero-initialised attention scales are non-zero), saved as a plain state dict."""
+    torch.manual_seed(0)
+    model = tiny_rat()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(4):
+        x = torch.rand(2, 1, 32, 32)
+        regions = (torch.arange(32)[None, None, :, None] >= 16).long().expand(2, 1, 32, 32) + 1
+        loss = (model(x, regions) - torch.nn.functional.avg_pool2d(x, 3, 1, 1)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def phantom(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A CT-like slice or volume in HU: air, a body ellipse, two inserts, noise."""
+    rng = np.random.default_rng(seed)
+    h, w = shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w), -1000.0)
+    img[((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 <= 1] = 40.0
+    img[((yy - h * 0.4) / (0.1 * h)) ** 2 + ((xx - w * 0.35) / (0.1 * w)) ** 2 <= 1] = 300.0
+    img[((yy - h * 0.6) / (0.12 * h)) ** 2 + ((xx - w * 0.62) / (0.08 * w)) ** 2 <= 1] = -80.0 + 10 * seed
+    if len(shape) == 3:
+        img = np.stack([img + 15.0 * k for k in range(shape[2])], axis=-1)
+    return (img + rng.normal(0, 25.0, img.shape)).astype(np.float32)
+
+
+def save_nifti(path: Path, arr: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(arr, AFFINE), str(path))
+    return path
+
+
+def local_regions(hu2d: np.ndarray) -> np.ndarray:
+    """The bundle's region map of one slice, computed here (superpixels on the [-160, 240] HU window)."""
+    return np.asarray(RegionPartition(method="superpixel", window=REGION_WINDOW)(torch.from_numpy(hu2d)[None]))[0]
+
+
+def local_restore(model: RAT, hu: np.ndarray) -> np.ndarray:
+    """What the bundle's inference does, written out by hand: HU -> [0, 1], RAT with the region map, back to HU."""
+    lo, hi = HU_WINDOW
+    slices = [hu] if hu.ndim == 2 else [hu[..., k] for k in range(hu.shape[-1])]
+    out = []
+    for s in slices:
+        x = torch.from_numpy((s - lo) / (hi - lo)).float()[None, None]
+        r = torch.from_numpy(local_regions(s)).long()[None, None]
+        with torch.no_grad():
+            out.append(model(x, r)[0, 0].numpy() * (hi - lo) + lo)
+    return out[0] if hu.ndim == 2 else np.stack(out, axis=-1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(port: int, studies: Path, bundles: Path, log_config: Path) -> list[str]:
+    launcher = Path(sys.executable).parent / "monailabel"
+    head = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "monailabel.main"]
+    conf = ["models", "ct,ct_missing", "bundles", str(bundles)]
+    for model in ("ct", "ct_missing"):
+        conf += [f"{model}.feature_size", str(TINY["feature_size"]), f"{model}.network_def#network#num_groups", str(TINY["num_groups"])]
+    args = head + ["start_server", "--app", APP_DIR, "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    for k, v in zip(conf[::2], conf[1::2]):
+        args += ["--conf", k, v]
+    return args + ["-l", str(log_config)]
+
+
+def server_env(tmp: Path) -> dict:
+    env = dict(os.environ)
+    env.pop("MONAI_RAT_SAM_CHECKPOINT", None)  # superpixel region maps, as local_regions
+    env.update(
+        {
+            "MONAILABEL_PYEXE": sys.executable,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
+            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+            "MONAI_RAT_DEVICE": "cpu",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+        }
+    )
+    return env
+
+
+def write_log_config(tmp: Path) -> Path:
+    import monailabel
+
+    text = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    text = text.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log"))
+    path = tmp / "logging.json"
+    path.write_text(text)
+    return path
+
+
+class Server:
+    """A running server: its URL, process and log file."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, model: RAT, start_s: float) -> None:
+        self.url, self.proc, self.log, self.model, self.start_s = url, proc, log, model, start_s
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def post(self, task: str, path: Path | None = None, data: bytes | None = None, name: str | None = None, **params) -> requests.Response:
+        content = data if data is not None else path.read_bytes()
+        files = {"file": (name or path.name, content, "application/octet-stream")}
+        return requests.post(f"{self.url}/infer/{task}", params=params, files=files, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monailabel")
+    bundles = tmp / "bundles"
+    for name in ("ct", "ct_missing"):
+        shutil.copytree(REPO / "bundles" / "ct" / "configs", bundles / name / "configs")
+    model = train_tiny(bundles / "ct" / "models" / "model.pt")
+    studies = tmp / "studies"
+    studies.mkdir()
+    save_nifti(studies / "study_0.nii.gz", phantom((64, 48), 0))
+    port = free_port()
+    log = tmp / "server.log"
+    t0 = time.time()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            server_command(port, studies, bundles, write_log_config(tmp)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=server_env(tmp),
+            cwd=str(tmp),
+            start_new_session=True,
+        )
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, 0.0)
+    try:
+        deadline = time.time() + 150
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode} before answering /info/:\n{srv.log_tail()}")
+            try:
+                if requests.get(f"{srv.url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"no /info/ within 150 s:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        srv.start_s = time.time() - t0
+        print(f"\nserver answered /info/ {srv.start_s:.1f} s after start")
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_info_lists_tasks_with_descriptions(server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    models = info["models"]
+    assert set(models) == {"restore_ct", "regions_ct", "restore_ct_missing", "regions_ct_missing"}, models.keys()
+    for name, task in models.items():
+        assert isinstance(task["description"], str) and len(task["description"]) > 40, name
+    assert models["restore_ct"]["type"] == "others" and models["regions_ct"]["type"] == "segmentation"
+    assert models["restore_ct"]["checkpoint_found"] is True
+    assert models["restore_ct_missing"]["checkpoint_found"] is False
+    assert "NOT READY" in models["restore_ct_missing"]["description"]
+
+
+def test_restore_2d_nifti_matches_the_model(server, tmp_path):
+    hu = phantom((64, 48), 1)
+    src = save_nifti(tmp_path / "slice.nii.gz", hu)
+    t0 = time.time()
+    r = server.post("restore_ct", src, output="image")
+    latency = time.time() - t0
+    assert r.status_code == 200, r.text
+    out_file = tmp_path / "restored.nii.gz"
+    out_file.write_bytes(r.content)
+    out = nib.load(str(out_file))
+    assert out.shape == hu.shape
+    np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
+    got = out.get_fdata(dtype=np.float32)
+    assert np.abs(got - hu).max() > 1.0, "the restored image equals the input"
+    np.testing.assert_allclose(got, local_restore(server.model, hu), atol=5e-2, rtol=0)
+    print(f"restore 64x48 slice: {latency:.2f} s round trip")
+
+
+def test_restore_3d_volume_slice_by_slice(server, tmp_path):
+    hu = phantom((48, 64, 3), 2)
+    r = server.post("restore_ct", save_nifti(tmp_path / "vol.nii.gz", hu), output="image")
+    assert r.status_code == 200, r.text
+    (tmp_path / "out.nii.gz").write_bytes(r.content)
+    out = nib.load(str(tmp_path / "out.nii.gz"))
+    assert out.shape == hu.shape
+    np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
+    np.testing.assert_allclose(out.get_fdata(dtype=np.float32), local_restore(server.model, hu), atol=5e-2, rtol=0)
+
+
+def test_regions_full_partition(server, tmp_path):
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    hu = phantom((64, 48), 3)
+    r = server.post("regions_ct", save_nifti(tmp_path / "slice.nii.gz", hu), result_dtype="uint8")
+    assert r.status_code == 200, r.text
+    parts = {p.headers[b"Content-Disposition"].split(b";")[1].strip(): p for p in MultipartDecoder.from_response(r).parts}
+    params = json.loads(parts[b'name="params"'].text)
+    (tmp_path / "regions.nii.gz").write_bytes(parts[b'name="image"'].content)
+    out = nib.load(str(tmp_path / "regions.nii.gz"))
+    assert out.shape == hu.shape
+    np.testing.assert_allclose(out.affine, AFFINE, atol=1e-5)
+    labels = np.asarray(out.dataobj)
+    assert np.issubdtype(labels.dtype, np.integer)
+    n = int(labels.max())
+    assert n >= 2 and set(np.unique(labels).tolist()) == set(range(1, n + 1)), "not a partition labelled 1..L"
+    np.testing.assert_array_equal(labels, local_regions(hu))
+    assert params["regions_per_slice"] == [n]
+    assert params["label_names"] == {f"region {k}": k for k in range(1, n + 1)}
+
+
+def test_missing_checkpoint_is_a_clear_error_and_the_server_stays_up(server, tmp_path):
+    src = save_nifti(tmp_path / "slice.nii.gz", phantom((64, 48), 4))
+    r = server.post("restore_ct_missing", src, output="image")
+    assert r.status_code == 503, r.text
+    detail = r.json()["detail"]
+    assert str(Path("ct_missing") / "models" / "model.pt") in detail and "monai.bundle run training" in detail, detail
+    assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+    assert server.post("regions_ct_missing", src, output="image").status_code == 200  # needs no checkpoint
+    assert server.post("restore_ct", src, output="image").status_code == 200
+
+
+def test_malformed_uploads_are_4xx_with_a_message(server, tmp_path):
+    r = server.post("restore_ct", data=b"this is not a NIfTI file" * 10, name="broken.nii.gz", output="image")
+    assert r.status_code == 400, r.text
+    assert "Cannot read the uploaded image" in r.json()["detail"] and "NIFTI" in r.json()["detail"]
+    r = server.post("restore_ct", data=b"hello", name="notes.txt", output="image")
+    assert r.status_code == 415, r.text
+    assert ".txt" in r.json()["detail"] and "NIfTI" in r.json()["detail"]
+    src = save_nifti(tmp_path / "slice.nii.gz", phantom((32, 32), 5))
+    r = server.post("restore_nope", src, output="image")
+    assert r.status_code == 404 and "restore_ct" in r.json()["detail"], r.text
+
+
+def test_eight_concurrent_requests(server, tmp_path):
+    images = [phantom((48, 48), 10 + i) for i in range(8)]
+    paths = [save_nifti(tmp_path / f"c{i}.nii.gz", im) for i, im in enumerate(images)]
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda p: server.post("restore_ct", p, output="image"), paths))
+    wall = time.time() - t0
+    for i, (r, hu) in enumerate(zip(responses, images)):
+        assert r.status_code == 200, (i, r.text)
+        f = tmp_path / f"o{i}.nii.gz"
+        f.write_bytes(r.content)
+        np.testing.assert_allclose(nib.load(str(f)).get_fdata(dtype=np.float32), local_restore(server.model, hu), atol=5e-2, rtol=0)
+    print(f"8 concurrent restore requests (48x48): {wall:.2f} s wall")
