@@ -162,3 +162,21 @@ def test_module_and_console_script(image_folder, tmp_path):
     assert "computed : 4" in run.stdout
     assert "regions rank 0/1: 100%" in run.stderr  # the tqdm progress bar
     assert "using superpixels" in run.stderr
+
+
+def test_real_torchrun_two_ranks_split_the_folder(image_folder, tmp_path):
+    """Under torchrun each rank takes items[RANK::WORLD_SIZE]; together they cover every image once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", CHECKPOINT_ENV)}
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "monai_rat.partition", str(image_folder), "-o", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [_summary(out, f"partition_summary_rank{r}.json") for r in (0, 1)]
+    names = [[Path(i["input"]).relative_to(image_folder).as_posix() for i in s["items"]] for s in ranks]
+    everything = [Path(p).relative_to(image_folder).as_posix() for p, _ in find_images(image_folder)]
+    assert names == [everything[0::2], everything[1::2]]
+    assert all(s["world_size"] == 2 and s["computed"]["count"] == 2 for s in ranks)
+    assert _outputs(out) == EXPECTED
