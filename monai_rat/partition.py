@@ -111,6 +111,9 @@ def output_path(output_dir: str | os.PathLike, name: str) -> Path:
 
     Returns:
         ``<output_dir>/<name>_regions.nii.gz``.
+
+    Raises:
+        nothing: the path is only computed, not checked.
     """
     return Path(output_dir) / f"{name}_regions.nii.gz"
 
@@ -150,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         the parser of ``monai-rat-partition``.
+
+    Raises:
+        nothing: ``parse_args`` exits with status 2 on bad arguments, as argparse does.
     """
     p = argparse.ArgumentParser(
         prog="monai-rat-partition",

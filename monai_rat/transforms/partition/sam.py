@@ -262,14 +262,25 @@ class SAMPartition(RegionPartitioner):
     # -- model ----------------------------------------------------------------------------------------
     @property
     def model(self) -> Any:
-        """The SAM model, loaded on first use (once per process for a checkpoint)."""
+        """The SAM model, loaded on first use (once per process for a checkpoint).
+
+        Raises:
+            FileNotFoundError: when the checkpoint file has disappeared since construction.
+            ValueError: when the checkpoint does not fit ``model_type``.
+        """
         if self._model is None:
             self._model = load_sam(self.model_type, self.checkpoint, self.device)
         return self._model
 
     @property
     def generator(self) -> Any:
-        """The ``SamAutomaticMaskGenerator`` over :attr:`model`, built on first use."""
+        """The ``SamAutomaticMaskGenerator`` over :attr:`model`, built on first use.
+
+        Raises:
+            FileNotFoundError: as :attr:`model`.
+            ValueError: as :attr:`model`.
+            ImportError: when ``min_mask_region_area > 0`` and OpenCV is not installed (segment-anything needs it).
+        """
         if self._generator is None:
             gen = SamAutomaticMaskGenerator(self.model, points_per_batch=self.points_per_batch, **self.generator_settings)
             gen.predictor = _PresetPredictor(self.model)
@@ -302,6 +313,9 @@ class SAMPartition(RegionPartitioner):
 
         Returns:
             method, model type, weights identity, generator settings, intensity window / percentiles, slice axis.
+
+        Raises:
+            FileNotFoundError: when the checkpoint file has disappeared (its content is hashed).
         """
         return {
             "method": "sam",

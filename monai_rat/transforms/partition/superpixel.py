@@ -80,6 +80,9 @@ class SuperpixelPartition(RegionPartitioner):
 
         Returns:
             method and its parameters, intensity window / percentiles, slice axis.
+
+        Raises:
+            nothing: the settings were checked at construction.
         """
         params = (
             {"scale": self.scale, "sigma": self.sigma, "min_size": self.min_size}
