@@ -93,8 +93,18 @@ def test_batched_encoding_matches_one_by_one():
     batched = SAMPartition(model=model, batch_size=3, **KEEP_ALL).call_batch(imgs)
     assert counter.encoder == 4 and counter.encoded_images == 6  # one pass with three images
     for a, b in zip(one, batched):
-        # same embeddings up to float round-off; the thresholded masks agree almost everywhere
+        # same embeddings up to float round-off (below); the thresholded masks agree almost everywhere
         assert (a == b).mean() > 0.98
+    # the batched embeddings are the ones segment-anything's own SamPredictor computes image by image
+    from segment_anything import SamPredictor
+
+    rgbs = [intensity.to_uint8_rgb(i) for i in imgs]
+    presets = SAMPartition(model=model, batch_size=3, **KEEP_ALL)._encode(rgbs)
+    predictor = SamPredictor(model)
+    for rgb, (orig_size, input_size, feats) in zip(rgbs, presets):
+        predictor.set_image(rgb)
+        assert orig_size == predictor.original_size and input_size == predictor.input_size
+        torch.testing.assert_close(feats, predictor.features, atol=1e-5, rtol=1e-5)
 
 
 def test_checkpoint_loads_lazily_once_per_process(tiny_checkpoint, monkeypatch):
