@@ -109,11 +109,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(port: int, studies: Path, bundles: Path, log_config: Path) -> list[str]:
+def server_command(
+    port: int, studies: Path, bundles: Path, log_config: Path, models: tuple[str, ...] = ("ct", "ct_missing")
+) -> list[str]:
+    """``monailabel start_server`` (the installed launcher, run with this interpreter) with the tiny-model overrides."""
     launcher = Path(sys.executable).parent / "monailabel"
     head = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "monailabel.main"]
-    conf = ["models", "ct,ct_missing", "bundles", str(bundles)]
-    for model in ("ct", "ct_missing"):
+    conf = ["models", ",".join(models), "bundles", str(bundles)]
+    for model in (m for m in models if (bundles / m).is_dir()):
         conf += [f"{model}.feature_size", str(TINY["feature_size"]), f"{model}.network_def#network#num_groups", str(TINY["num_groups"])]
     args = head + ["start_server", "--app", APP_DIR, "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for k, v in zip(conf[::2], conf[1::2]):
@@ -309,3 +312,29 @@ def test_eight_concurrent_requests(server, tmp_path):
         f.write_bytes(r.content)
         np.testing.assert_allclose(nib.load(str(f)).get_fdata(dtype=np.float32), local_restore(server.model, hu), atol=5e-2, rtol=0)
     print(f"8 concurrent restore requests (48x48): {wall:.2f} s wall")
+
+
+def test_regions_through_the_monailabel_client_as_slicer_asks(server, tmp_path):
+    """MONAI Label's own Python client (what the 3D Slicer module uses), with Slicer's result_extension / result_dtype."""
+    from monailabel.client import MONAILabelClient
+
+    hu = phantom((64, 48), 6)
+    src = save_nifti(tmp_path / "slicer.nii.gz", hu)
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path / "client"))
+    assert "regions_ct" in client.info()["models"]
+    result_file, params = client.infer("regions_ct", "", {"result_extension": ".nrrd", "result_dtype": "uint8"}, file=str(src))
+    params = json.loads(params) if isinstance(params, str) else params
+    out = nib.load(result_file)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), local_regions(hu))
+    assert params["dtype"] == "uint8" and params["label_names"]["region 1"] == 1
+
+
+def test_unknown_model_stops_the_server_with_the_available_list(tmp_path):
+    bundles = tmp_path / "bundles"
+    shutil.copytree(REPO / "bundles" / "ct" / "configs", bundles / "ct" / "configs")
+    (tmp_path / "studies").mkdir()
+    cmd = server_command(free_port(), tmp_path / "studies", bundles, write_log_config(tmp_path), models=("ct", "pet"))
+    proc = subprocess.run(cmd, env=server_env(tmp_path), cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "no bundle for 'pet'" in text and "Available models: ct" in text, text[-3000:]

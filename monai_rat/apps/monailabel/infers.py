@@ -143,13 +143,17 @@ class RestoreTask(RATInferTask):
     def __init__(self, pipeline: SlicePipeline) -> None:
         b = pipeline.bundle
         out = "NIfTI, float32, in the input's units (CT: HU)" if b.is_radiology else "the input's PNG/TIFF format"
-        super().__init__(
-            pipeline,
-            InferType.OTHERS,
+        self._base_description = (
             f"RAT restoration with the {b.title} bundle ({b.name}): returns the restored image with the input's shape "
-            f"and geometry ({out}); volumes are restored slice by slice along the last axis. "
-            + ("" if b.ckpt_path.is_file() else f"NOT READY: checkpoint {b.ckpt_path} is missing."),
+            f"and geometry ({out}); volumes are restored slice by slice along the last axis."
         )
+        super().__init__(pipeline, InferType.OTHERS, self._base_description)
+
+    def info(self) -> dict[str, Any]:
+        """As the base class, with ``NOT READY: ...`` in the description while the checkpoint is missing."""
+        ckpt = self.bundle.ckpt_path
+        self.description = self._base_description + ("" if ckpt.is_file() else f" NOT READY: checkpoint {ckpt} is missing.")
+        return super().info()
 
     def run(self, img: Any, kind: str, name: str) -> Any:
         """Restore ``img`` (see :meth:`SlicePipeline.restore`).

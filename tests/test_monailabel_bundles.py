@@ -1,0 +1,162 @@
+"""The MONAI Label app's bundle handling and slice pipeline, without a server and without ``monailabel``.
+
+``monai_rat.apps.monailabel.bundles`` and ``.pipeline`` need only MONAI, so these run in the plain test
+environment too; ``tests/test_monailabel.py`` covers the same code behind a real server.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_rat.apps.monailabel.bundles import (
+    CheckpointError,
+    RATBundle,
+    available_models,
+    default_bundles_dir,
+    parse_overrides,
+    select_models,
+)
+from monai_rat.apps.monailabel.pipeline import InputError, SlicePipeline, load_input, write_result
+from monai_rat.networks import RAT
+from monai_rat.transforms import RegionPartition
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"feature_size": 16, "network_def#network#num_groups": 1}
+
+
+def copy_bundle(root: Path, name: str) -> Path:
+    shutil.copytree(REPO / "bundles" / "ct" / "configs", root / name / "configs")
+    return root / name
+
+
+def tiny_checkpoint(path: Path) -> RAT:
+    torch.manual_seed(0)
+    model = RAT(feature_size=16, num_groups=1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambda" in name or name.endswith("beta") or name.endswith("gamma"):
+                p.normal_(0, 0.1)  # the zero-initialised scales: make every branch count
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def test_models_are_the_bundle_folders(tmp_path):
+    assert "ct" in available_models(default_bundles_dir())
+    copy_bundle(tmp_path, "ct")
+    (tmp_path / "common").mkdir()  # shared training settings only: not a model
+    assert available_models(tmp_path) == ["ct"]
+    assert select_models(None, tmp_path) == ["ct"] and select_models("all", tmp_path) == ["ct"]
+    with pytest.raises(ValueError, match=r"no bundle for 'pet'.*Available models: ct"):
+        select_models("ct,pet", tmp_path)
+    copy_bundle(tmp_path, "pet")  # a later bundle is served as soon as its folder exists
+    assert select_models("ct,pet", tmp_path) == ["ct", "pet"] and select_models("ct pet ct", tmp_path) == ["ct", "pet"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        available_models(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="No bundle found"):
+        select_models("ct", tmp_path / "common")
+
+
+def test_overrides_are_typed_and_checked():
+    got = parse_overrides(
+        {"models": "ct", "bundles": "/b", "ct.feature_size": "16", "ct.ckpt_path": "/m/model.pt", "ct.region_window": "[-100, 200]"},
+        ["ct"],
+    )
+    assert got == {"ct": {"feature_size": 16, "ckpt_path": "/m/model.pt", "region_window": [-100, 200]}}
+    with pytest.raises(ValueError, match="'pet' is not a served model"):
+        parse_overrides({"pet.feature_size": "16"}, ["ct"])
+    with pytest.raises(ValueError, match="unknown setting"):
+        parse_overrides({"feature_size": "16"}, ["ct"])
+
+
+def test_bundle_paths_transforms_and_checkpoint_errors(tmp_path):
+    b = RATBundle("ct", copy_bundle(tmp_path, "ct"), TINY)
+    assert b.ckpt_path == tmp_path / "ct" / "models" / "model.pt" and b.is_radiology and b.regions_key == "regions"
+    assert not any(type(t).__name__.startswith("LoadImage") for t in b.preprocessing())
+    assert "RegionPartitiond" in [type(t).__name__ for t in b.preprocessing()]
+    post = [type(t).__name__ for t in b.postprocessing()]
+    assert "SaveImaged" not in post and "ScaleIntensityRanged" in post
+    with pytest.raises(CheckpointError, match=r"models/model.pt does not exist.*monai.bundle run training"):
+        b.load_network()
+    tiny_checkpoint(b.ckpt_path)
+    assert b.load_network() is not None
+    paper = RATBundle("ct", tmp_path / "ct")  # the paper's feature_size 64 against a feature_size 16 checkpoint
+    with pytest.raises(CheckpointError, match=r"does not fit the network.*feature_size 16"):
+        paper.load_network()
+    with pytest.raises(ValueError, match="cannot set config id"):
+        RATBundle("ct", tmp_path / "ct", {"no_such#nested#id": 1})
+
+
+def test_pipeline_restores_and_partitions_a_volume_slice_by_slice(tmp_path):
+    b = RATBundle("ct", copy_bundle(tmp_path, "ct"), TINY)
+    model = tiny_checkpoint(b.ckpt_path)
+    rng = np.random.default_rng(0)
+    hu = (rng.normal(0, 30, (40, 56, 2)) + np.where(np.arange(56) < 28, -500.0, 60.0)[None, :, None]).astype(np.float32)
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    src = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(hu, affine), str(src))
+    img, kind = load_input(src)
+    pipe = SlicePipeline(b)
+    restored, regions = pipe.restore(img, kind), pipe.regions(img, kind)
+    assert restored.shape == (1, 40, 56, 2) and regions.shape == (1, 40, 56, 2) and regions.dtype == torch.int32
+    for k in range(2):
+        r = RegionPartition(method="superpixel", window=(-160, 240))(torch.from_numpy(hu[..., k])[None])
+        np.testing.assert_array_equal(regions[..., k].numpy(), np.asarray(r))
+        x = torch.from_numpy((hu[..., k] + 1024) / 4096).float()[None, None]
+        with torch.no_grad():
+            want = model(x, torch.as_tensor(np.asarray(r)).long()[None]) * 4096 - 1024
+        np.testing.assert_allclose(restored[0, ..., k].numpy(), want[0, 0].numpy(), atol=1e-2)
+    four = tmp_path / "four.nii.gz"  # 4D: MONAI reads the last axis as 2 channels, which the CT bundle refuses
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2, 2), np.float32), np.eye(4)), str(four))
+    with pytest.raises(InputError, match=r"Model 'ct': RegionPartitiond rejected the image 'four.nii.gz'"):
+        pipe.regions(*load_input(four), name="four.nii.gz")
+    path, info = write_result(restored, src, kind, tmp_path / "out", "vol_restore")
+    out = nib.load(path)
+    assert out.shape == hu.shape and info == {"format": "nifti", "dtype": "float32"}
+    np.testing.assert_allclose(out.affine, affine)
+    path, info = write_result(regions, src, kind, tmp_path / "out", "vol_regions", label=True, requested_dtype="uint8")
+    assert info["dtype"] == "uint8" and np.asarray(nib.load(path).dataobj).dtype == np.uint8
+
+
+def test_label_maps_are_never_wrapped_and_pathology_keeps_png(tmp_path):
+    src = tmp_path / "tile.png"
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src)
+    img, kind = load_input(src)
+    assert kind == "png" and img.shape == (3, 20, 30)  # MONAI's PILReader: (C, W, H)
+    out = img.float() * 1.5 - 10  # a "restored" tile outside [0, 255] in places
+    path, info = write_result(out, src, kind, tmp_path, "tile_restore", radiology=False)
+    back = np.asarray(Image.open(path))
+    assert path.endswith(".png") and back.shape == rgb.shape and back.dtype == np.uint8
+    assert info["clipped_values"] == int(((np.rint(rgb * 1.5 - 10) < 0) | (np.rint(rgb * 1.5 - 10) > 255)).sum()) > 0
+    np.testing.assert_array_equal(back, np.clip(np.rint(rgb.astype(np.float64) * 1.5 - 10), 0, 255).astype(np.uint8))
+    many = torch.arange(1, 301, dtype=torch.int32).reshape(1, 15, 20)  # 300 labels do not fit uint8
+    nii = tmp_path / "s.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((15, 20), np.float32), np.eye(4)), str(nii))
+    path, info = write_result(many, nii, "nifti", tmp_path, "s_regions", label=True, requested_dtype="uint8")
+    assert info["dtype"] == "uint16" and "cannot hold label 300" in info["dtype_note"]
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), many[0].numpy())
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti" * 20)
+    with pytest.raises(InputError, match=r"Cannot read the uploaded image 'broken.nii.gz' as NIFTI") as e:
+        load_input(bad)
+    assert e.value.status == 400
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(InputError, match=r"Unsupported image type '.txt'") as e:
+        load_input(txt)
+    assert e.value.status == 415
+    nan = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8), np.nan, np.float32), np.eye(4)), str(nan))
+    with pytest.raises(InputError, match="NaN"):
+        load_input(nan)
