@@ -112,6 +112,10 @@ def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path):
         if killed_mid_save:
             break
     assert killed_mid_save, "no attempt killed the process in the middle of a save"
+    # the next run's saver removes what the killed save left
+    saver = AtomicCheckpointSaver(str(folder), {"model": torch.nn.Linear(1, 1)}, "last.pt")
+    assert saver.remove_stale_temporaries() and not list(folder.glob("last.pt.*.tmp"))
+    assert folder.joinpath("last.pt").is_file()
 
 
 def test_checkpoint_saver_best_and_resume(tmp_path):

@@ -154,6 +154,7 @@ class AtomicCheckpointSaver:
 
         self.logger = engine.logger
         self._engine = engine
+        self.remove_stale_temporaries()
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         if self.key_metric_name is not None:
@@ -163,6 +164,22 @@ class AtomicCheckpointSaver:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         if self.save_final:
             engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete ``<filename>.*.tmp`` files that a process killed during a save left (rank 0 only).
+
+        Returns:
+            the removed paths.
+        """
+        import glob
+
+        if _rank() != 0 or not os.path.isdir(self.save_dir):
+            return []
+        stale = glob.glob(os.path.join(glob.escape(self.save_dir), glob.escape(self.filename) + ".*.tmp"))
+        for f in stale:
+            os.remove(f)
+            self.logger.info(f"Removed {f}, left by a save that was interrupted.")
+        return stale
 
     def state_dict(self) -> dict:
         """The best metric seen so far (for a best-model saver), so a resumed run keeps comparing to it."""
