@@ -88,6 +88,7 @@ def test_factory_auto_without_checkpoint_uses_superpixels_and_says_so(caplog, mo
         t = RegionPartitiond(keys="image")
     assert t.method_used == "superpixel" and isinstance(t.partitioner.partitioner, SuperpixelPartition)
     assert "using superpixels (felzenszwalb): no SAM checkpoint configured" in caplog.text
+    assert RegionPartitiond(keys="image", checkpoint="").method_used == "superpixel"  # "" from a config: unset
     img = blob_image(32, 32)
     np.testing.assert_array_equal(t({"image": img})["regions"], SuperpixelPartition()(img))
 

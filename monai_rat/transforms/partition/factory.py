@@ -36,7 +36,8 @@ class RegionPartition(Transform):
 
     Args:
         method: ``"auto"``, ``"sam"`` or ``"superpixel"``.
-        checkpoint: SAM checkpoint path (e.g. ``sam_vit_b_01ec64.pth``); ``None`` to read ``MONAI_RAT_SAM_CHECKPOINT``.
+        checkpoint: SAM checkpoint path (e.g. ``sam_vit_b_01ec64.pth``); ``None`` or ``""`` to read
+            ``MONAI_RAT_SAM_CHECKPOINT``.
         model_type: SAM architecture (``"vit_b"`` as the paper).
         model: an already-built ``Sam`` (instead of a checkpoint).
         device: device for SAM (CUDA when available by default).
@@ -73,6 +74,8 @@ class RegionPartition(Transform):
         if method not in PARTITION_METHODS:
             raise ValueError(f"method must be one of {PARTITION_METHODS}, got {method!r}.")
         source = "argument `checkpoint`"
+        if checkpoint is not None and not os.fspath(checkpoint):
+            checkpoint = None  # "" from a config or command line means: not configured
         if checkpoint is None and model is None and method != "superpixel" and os.environ.get(CHECKPOINT_ENV):
             checkpoint, source = os.environ[CHECKPOINT_ENV], f"environment variable {CHECKPOINT_ENV}"
         use_sam = method == "sam" or (method == "auto" and (checkpoint is not None or model is not None))
