@@ -117,7 +117,9 @@ class AtomicCheckpointSaver:
             if not hasattr(v, "state_dict"):
                 raise ValueError(f"`save_dict[{k!r}]` ({type(v).__name__}) has no state_dict() to save.")
         if weights_only_state and len(save_dict) != 1:
-            raise ValueError(f"`weights_only_state=True` needs exactly one entry in `save_dict`, got {list(save_dict)}.")
+            raise ValueError(
+                f"`weights_only_state=True` needs exactly one entry in `save_dict`, got {list(save_dict)}."
+            )
         self.save_dir = str(save_dir)
         self.save_dict = dict(save_dict)
         self.filename = filename
@@ -221,7 +223,10 @@ class AtomicCheckpointSaver:
         atomic_torch_save(self._content(), self.path)
         where = ""
         if engine is not None:
-            where = f" after round {engine.state.epoch}" if self.key_metric_name else f" at iteration {engine.state.iteration}"
+            if self.key_metric_name:
+                where = f" after round {engine.state.epoch}"
+            else:
+                where = f" at iteration {engine.state.iteration}"
         self.logger.info(f"Saved checkpoint {self.path}{where}.")
 
     def save_if_best(self, engine: Any) -> None:
@@ -271,9 +276,13 @@ class AtomicCheckpointSaver:
             Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
             for k, conf in configured.items():
                 loaded = objects[k].state_dict()
-                changed = {n: (loaded[n], v) for n, v in conf.items() if n not in _SCHEDULER_PROGRESS and loaded.get(n) != v}
+                changed = {
+                    n: (loaded[n], v) for n, v in conf.items() if n not in _SCHEDULER_PROGRESS and loaded.get(n) != v
+                }
                 if changed:
-                    self.logger.info(f"Resuming {k} with the current config's settings {changed} (checkpoint -> config).")
+                    self.logger.info(
+                        f"Resuming {k} with the current config's settings {changed} (checkpoint -> config)."
+                    )
                     sched = objects[k]
                     sched.load_state_dict({**loaded, **{n: conf[n] for n in changed}})
                     if hasattr(sched, "_get_closed_form_lr"):  # put the lr on the new curve (e.g. cosine)

@@ -73,7 +73,9 @@ def inference_datalist(input_path: str | os.PathLike, recursive: bool = True) ->
     if p.is_file():
         kind = file_kind(p)
         if kind is None:
-            raise TypeError(f"input_path {str(p)!r} is not a NIfTI (.nii, .nii.gz), PNG (.png) or DICOM (.dcm, .IMA) file.")
+            raise TypeError(
+                f"input_path {str(p)!r} is not a NIfTI (.nii, .nii.gz), PNG (.png) or DICOM (.dcm, .IMA) file."
+            )
         return [{"image": str(p), "kind": kind}]
     files = sorted(f for f in (p.rglob("*") if recursive else p.glob("*")) if f.is_file())
     items = [{"image": str(f), "kind": k} for f in files if (k := file_kind(f)) is not None]
@@ -115,7 +117,9 @@ class ApplyToKindsd(MapTransform):
         KeyError: at call time, when neither ``kind_key`` nor a file name under ``source_key`` is found.
     """
 
-    def __init__(self, transform: Callable, kinds: Sequence[str], kind_key: str = "kind", source_key: str = "image") -> None:
+    def __init__(
+        self, transform: Callable, kinds: Sequence[str], kind_key: str = "kind", source_key: str = "image"
+    ) -> None:
         super().__init__(keys=[kind_key], allow_missing_keys=True)
         if not callable(transform):
             raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
@@ -144,7 +148,8 @@ class ApplyToKindsd(MapTransform):
             name = name[0] if len(name) == 1 else None
         if not name:
             raise KeyError(
-                f"ApplyToKindsd: no {self.kind_key!r} entry and no file name under {self.source_key!r} (keys: {list(data)})."
+                f"ApplyToKindsd: no {self.kind_key!r} entry and no file name under {self.source_key!r} "
+                f"(keys: {list(data)})."
             )
         return file_kind(name)
 
@@ -199,7 +204,8 @@ class CopyMetad(MapTransform):
             raise KeyError(f"CopyMetad: no {self.source_key!r} in the data (keys: {list(d)}).")
         meta = getattr(d[self.source_key], "meta", None)
         if meta is None:
-            raise TypeError(f"CopyMetad: data[{self.source_key!r}] ({type(d[self.source_key]).__name__}) has no metadata.")
+            found = type(d[self.source_key]).__name__
+            raise TypeError(f"CopyMetad: data[{self.source_key!r}] ({found}) has no metadata.")
         for key in self.key_iterator(d):
             t = d[key].as_tensor() if hasattr(d[key], "as_tensor") else d[key]
             m = copy.deepcopy(dict(meta))

@@ -23,7 +23,9 @@ def _scalar(v: Any) -> float:
 
 
 def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return True
 
 
 class MetricsHistory:
@@ -120,8 +122,10 @@ class MetricsHistory:
             left = max(self.total_iterations - state.iteration, 0)
             eta = elapsed / done * left if done > 0 else math.nan
             row["eta_s"] = round(eta, 1)
-            msg += f"/{self.total_iterations} ({100.0 * state.iteration / self.total_iterations:.0f}%), ~{eta:.0f} s left"
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("iteration", "epoch", "elapsed_s", "eta_s"))
+            percent = 100.0 * state.iteration / self.total_iterations
+            msg += f"/{self.total_iterations} ({percent:.0f}%), ~{eta:.0f} s left"
+        skip = ("iteration", "epoch", "elapsed_s", "eta_s")
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in skip)
         self.logger.info(f"Validation at {msg}: {metrics}.")
         if not _is_rank0():
             return row

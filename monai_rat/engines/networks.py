@@ -42,7 +42,9 @@ class RegionMapNetwork(nn.Module):
     def __init__(self, network: nn.Module, partition: str | Callable[[torch.Tensor], Any] = "single") -> None:
         super().__init__()
         if partition not in ("single", "channel") and not callable(partition):
-            raise ValueError(f"`partition` must be 'single', 'channel' or a callable image -> regions, got {partition!r}.")
+            raise ValueError(
+                f"`partition` must be 'single', 'channel' or a callable image -> regions, got {partition!r}."
+            )
         self.network = network
         self.partition = partition
 
