@@ -206,6 +206,16 @@ def test_apply_to_kinds():
         mark({"label": 1})
 
 
+def test_validation_rounds():
+    from monai_rat.engines import validation_rounds
+
+    assert validation_rounds(240, 60) == 4
+    with pytest.raises(ValueError, match=r"num_iterations \(250\) must be a multiple of val_interval \(60\)"):
+        validation_rounds(250, 60)
+    with pytest.raises(ValueError, match="positive integers"):
+        validation_rounds(0, 60)
+
+
 def test_select_schedule(caplog):
     schedules = {"paper": {"num_iterations": 200000}, "demo": {"num_iterations": 10}}
     with caplog.at_level("INFO", logger="monai_rat.bundle"):

@@ -6,7 +6,7 @@ from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inf
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import select_schedule
+from monai_rat.engines.schedule import select_schedule, validation_rounds
 
 __all__ = [
     "ApplyToKindsd",
@@ -20,4 +20,5 @@ __all__ = [
     "file_kind",
     "inference_datalist",
     "select_schedule",
+    "validation_rounds",
 ]

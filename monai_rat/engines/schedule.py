@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["select_schedule"]
+__all__ = ["select_schedule", "validation_rounds"]
 
 logger = logging.getLogger("monai_rat.bundle")
 
@@ -48,3 +48,28 @@ def select_schedule(
             f"{bundle}/docs/README.md)."
         )
     return sched
+
+
+def validation_rounds(num_iterations: int, val_interval: int) -> int:
+    """The trainer's ``max_epochs`` when one "epoch" is ``val_interval`` iterations (one validation each).
+
+    Args:
+        num_iterations: total training iterations (also the cosine schedule's length).
+        val_interval: iterations between validations.
+
+    Raises:
+        ValueError: when either is not a positive integer, or ``num_iterations`` is not a multiple of
+            ``val_interval`` (the run would go past the end of the cosine schedule, where it rises again).
+    """
+    n, v = int(num_iterations), int(val_interval)
+    if n <= 0 or v <= 0 or n != num_iterations or v != val_interval:
+        raise ValueError(
+            f"num_iterations ({num_iterations}) and val_interval ({val_interval}) must be positive integers."
+        )
+    if n % v:
+        raise ValueError(
+            f"num_iterations ({n}) must be a multiple of val_interval ({v}): training runs in rounds of val_interval "
+            f"iterations, each ending with a validation; e.g. --num_iterations {n - n % v or v} or --val_interval "
+            f"{next(d for d in range(v, 0, -1) if n % d == 0)}."
+        )
+    return n // v
