@@ -1,8 +1,9 @@
 """The monai-rat MONAI Label app on a real server (no mocks).
 
 One server for the module: ``monailabel start_server`` on 127.0.0.1 and a free port, serving a copy of
-``bundles/ct`` (as ``ct``, with a checkpoint of a tiny RAT trained for a few steps here) and a second
-copy without a checkpoint (``ct_missing``). Results are compared with the same model run locally.
+``bundles/ct`` (as ``ct``, with the checkpoint of a tiny training run of the bundle: 4 iterations,
+``feature_size`` 8, served with ``--conf ct.feature_size 8``) and a second copy without a checkpoint
+(``ct_missing``). Results are compared with the same model run locally.
 
 Needs the ``monailabel`` extra (``pip install -e ".[test,monailabel]"``); skipped without it.
 """
@@ -34,7 +35,7 @@ from monai_rat.networks import RAT  # noqa: E402
 from monai_rat.transforms import RegionPartition  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"feature_size": 16, "num_groups": 1}  # the overrides the server gets, and the local model uses
+TINY = {"feature_size": 8}  # the bundle overrides of the tiny training run; the server gets the same
 HU_WINDOW = (-1024.0, 3072.0)
 REGION_WINDOW = (-160.0, 240.0)
 AFFINE = np.array([[0.7, 0.05, 0.0, -120.0], [0.0, -0.7, 0.0, 85.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
@@ -44,25 +45,25 @@ def tiny_rat() -> RAT:
     """The network the bundle's network_def builds with the TINY overrides."""
     net = json.loads((REPO / "bundles" / "ct" / "configs" / "inference.json").read_text())["network_def"]["network"]
     kwargs = {k: v for k, v in net.items() if not k.startswith("_")}
-    kwargs["feature_size"] = TINY["feature_size"]
-    kwargs["num_groups"] = TINY["num_groups"]
+    kwargs.update(TINY)
     return RAT(**kwargs)
 
 
-def train_tiny(path: Path) -> RAT:
-    """A few Adam steps (so the zero-initialised attention scales are non-zero), saved as a plain state dict."""
-    torch.manual_seed(0)
+def train_tiny(work: Path, dest: Path) -> RAT:
+    """A tiny training run of the CT bundle (``python -m monai.bundle run training``, 4 iterations on the demo data);
+    its best checkpoint is copied to ``dest`` (the bundle's ``models/model.pt``) and returned as a local model."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json"]
+    args += ["--output_dir", str(work / "train"), "--region_cache_dir", str(work / "train_regions")]
+    args += ["--num_iterations", "4", "--val_interval", "2", "--batch_size", "2", "--patch_size", "[32,32]"]
+    args += [a for k, v in TINY.items() for a in (f"--{k}", str(v))]
+    env = dict(os.environ, MONAI_RAT_CACHE=str(work / "data_cache"), OMP_NUM_THREADS="1")
+    env.pop("MONAI_RAT_SAM_CHECKPOINT", None)
+    run = subprocess.run(args, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "train" / "models" / "model.pt", dest)
     model = tiny_rat()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        x = torch.rand(2, 1, 32, 32)
-        regions = (torch.arange(32)[None, None, :, None] >= 16).long().expand(2, 1, 32, 32) + 1
-        loss = (model(x, regions) - torch.nn.functional.avg_pool2d(x, 3, 1, 1)).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    model.load_state_dict(torch.load(dest, map_location="cpu", weights_only=True))
     return model.eval()
 
 
@@ -117,7 +118,8 @@ def server_command(
     head = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "monailabel.main"]
     conf = ["models", ",".join(models), "bundles", str(bundles)]
     for model in (m for m in models if (bundles / m).is_dir()):
-        conf += [f"{model}.feature_size", str(TINY["feature_size"]), f"{model}.network_def#network#num_groups", str(TINY["num_groups"])]
+        for k, v in TINY.items():
+            conf += [f"{model}.{k}", str(v)]
     args = head + ["start_server", "--app", APP_DIR, "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for k, v in zip(conf[::2], conf[1::2]):
         args += ["--conf", k, v]
@@ -171,7 +173,7 @@ def server(tmp_path_factory):
     bundles = tmp / "bundles"
     for name in ("ct", "ct_missing"):
         shutil.copytree(REPO / "bundles" / "ct" / "configs", bundles / name / "configs")
-    model = train_tiny(bundles / "ct" / "models" / "model.pt")
+    model = train_tiny(tmp, bundles / "ct" / "models" / "model.pt")
     studies = tmp / "studies"
     studies.mkdir()
     save_nifti(studies / "study_0.nii.gz", phantom((64, 48), 0))

@@ -33,7 +33,7 @@ __all__ = [
 #: environment variable naming the folder of bundles (``--conf bundles DIR`` wins over it)
 BUNDLES_ENV = "MONAI_RAT_BUNDLES"
 #: ``--conf`` keys the app reads itself (every other key must be ``<model>.<config id>``)
-RESERVED_CONF = ("models", "bundles", "preload", "server_mode")
+RESERVED_CONF = ("models", "bundles")
 #: MONAI Label's own ``--conf`` keys that may appear too (passed through, ignored here)
 _MONAILABEL_CONF = ("server_mode", "zoo_source", "skip_trainers", "skip_strategies", "skip_scoring", "epistemic_enabled")
 #: modalities (``network_data_format.inputs.image.modality``) whose results are written as NIfTI
@@ -238,9 +238,11 @@ class RATBundle:
     def checkpoint_help(self) -> str:
         """Why the checkpoint is not usable and how to make one (the text the API returns)."""
         rel = os.path.relpath(self.bundle_dir, Path.cwd()) if self.bundle_dir.is_relative_to(Path.cwd()) else str(self.bundle_dir)
+        train = f"{rel}/train.json" if (self.bundle_dir / "train.json").exists() else f"{rel}/configs/train.json"
         return (
             f"Model {self.name!r} has no checkpoint: {self.ckpt_path} does not exist. Make one by training the bundle, "
-            f"e.g. `python -m monai.bundle run training --config_file {rel}/configs/train.json` (see {rel}/docs/README.md), "
+            f"e.g. `python -m monai.bundle run training --config_file {train}` from the repository root "
+            f"(see {rel}/docs/README.md), "
             f"then copy the best weights there: `cp {rel}/runs/<run>/models/model.pt {self.ckpt_path}`; or start the "
             f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a demo checkpoint also needs "
             f"`--conf {self.name}.feature_size 16`). The server keeps running; the regions_{self.name} task works "
