@@ -302,3 +302,16 @@ def test_mlflow_tracking(work, trained):
     mlflow.set_tracking_uri(f"sqlite:///{out_dir / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["monai_experiment"])
     assert len(runs) >= 1 and "metrics.train_loss" in runs.columns and "metrics.val_psnr" in runs.columns
+
+
+def test_bad_dataset_dir_and_iteration_count_fail_with_their_reason(work):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json",
+           "--output_dir", str(work / "bad"), "--dataset_dir", str(work / "no_such_folder")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"dataset_dir '{work / 'no_such_folder'}' does not exist" in proc.stderr + proc.stdout
+    cmd[-2:] = ["--num_iterations", "250"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "num_iterations (250) must be a multiple of val_interval (60)" in proc.stderr + proc.stdout
+    assert not (work / "bad" / "models" / "last.pt").exists()
