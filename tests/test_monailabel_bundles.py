@@ -160,3 +160,20 @@ def test_bad_inputs_name_the_problem(tmp_path):
     nib.save(nib.Nifti1Image(np.full((8, 8), np.nan, np.float32), np.eye(4)), str(nan))
     with pytest.raises(InputError, match="NaN"):
         load_input(nan)
+
+
+def test_dicom_slice_comes_back_as_nifti_at_the_same_place(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "ct_small.dcm"
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), src)
+    img, kind = load_input(src)
+    assert kind == "dicom"
+    path, info = write_result(img, src, kind, tmp_path, "ct_small_restore")
+    out = nib.load(path)
+    ds = pydicom.dcmread(str(src))
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(np.asarray(out.dataobj)[..., 0], hu.T.astype(np.float32))  # MONAI's (columns, rows) order
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    np.testing.assert_allclose(out.affine[:3, 3], [-x, -y, z], atol=1e-4)  # DICOM's LPS position in NIfTI's RAS

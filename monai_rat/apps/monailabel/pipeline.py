@@ -235,7 +235,7 @@ def write_result(
     """Write ``result`` with the geometry of the input file; return the path and what was written.
 
     - NIfTI input, radiology model: NIfTI with the input's affine and header (only the data type changes).
-    - other radiology inputs (DICOM, PNG): NIfTI with the affine MONAI read (``NibabelWriter``).
+    - other radiology inputs (DICOM, PNG): NIfTI with the affine MONAI's reader gave (RAS), same array order.
     - pathology models (``radiology=False``) with PNG / TIFF input: the same format, the input's data type
       for restored images (values rounded and clipped to its range; the number of clipped values is
       returned), ``uint8``/``uint16`` labels for region maps.
@@ -301,12 +301,13 @@ def write_result(
         out = nib.Nifti1Image(data.astype(dtype), src.affine, header=header)
         out.header.set_slope_inter(1.0, 0.0)
         nib.save(out, path)
-    else:
-        from monai.data import NibabelWriter
-
-        w = NibabelWriter(output_dtype=dtype)
-        w.set_data_array(data.astype(dtype), channel_dim=None if arr.shape[0] == 1 else -1, squeeze_end_dims=False)
-        w.set_metadata(dict(result.meta), resample=False)
-        w.write(path, verbose=False)
+    else:  # DICOM / PNG: MONAI's readers give the affine in RAS, NIfTI's convention, in the array's index order
+        affine = np.asarray(result.meta.get("affine", np.eye(4)), dtype=np.float64)
+        if affine.shape != (4, 4):
+            full = np.eye(4)
+            n = affine.shape[0] - 1
+            full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+            affine = full
+        nib.save(nib.Nifti1Image(data.astype(dtype), affine), path)
     info.update({"format": "nifti", "dtype": dtype.name})
     return path, info
