@@ -177,3 +177,19 @@ def test_dicom_slice_comes_back_as_nifti_at_the_same_place(tmp_path):
     np.testing.assert_array_equal(np.asarray(out.dataobj)[..., 0], hu.T.astype(np.float32))  # MONAI's (columns, rows) order
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     np.testing.assert_allclose(out.affine[:3, 3], [-x, -y, z], atol=1e-4)  # DICOM's LPS position in NIfTI's RAS
+
+
+def test_nrrd_input_as_3d_slicer_may_send_it(tmp_path):
+    itk = pytest.importorskip("itk")
+    vol = np.random.default_rng(2).normal(0, 50, (3, 20, 16)).astype(np.float32)  # ITK's (z, y, x)
+    image = itk.image_from_array(vol)
+    image.SetSpacing((0.5, 0.6, 2.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    src = tmp_path / "vol.nrrd"
+    itk.imwrite(image, str(src))
+    img, kind = load_input(src)
+    assert kind == "nrrd" and img.shape == (1, 16, 20, 3)
+    out = nib.load(write_result(img, src, kind, tmp_path, "vol_restore")[0])
+    np.testing.assert_allclose(np.asarray(out.dataobj), vol.transpose(2, 1, 0))
+    np.testing.assert_allclose(out.affine[:3, 3], [-10.0, 20.0, 30.0], atol=1e-5)  # LPS origin in RAS
+    np.testing.assert_allclose(np.abs(np.diag(out.affine)[:3]), [0.5, 0.6, 2.0], atol=1e-6)

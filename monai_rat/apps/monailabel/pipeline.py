@@ -33,8 +33,10 @@ _KINDS = {
     ".dcm": "dicom",
     ".ima": "dicom",
     ".dicom": "dicom",
+    ".nrrd": "nrrd",
+    ".mha": "nrrd",
 }
-_EXPECTED = "NIfTI (.nii, .nii.gz), PNG (.png), TIFF (.tif, .tiff) or DICOM (.dcm, .IMA)"
+_EXPECTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .mha), PNG (.png), TIFF (.tif, .tiff) or DICOM (.dcm, .IMA)"
 
 
 class InputError(ValueError):
@@ -51,7 +53,7 @@ class InputError(ValueError):
 
 
 def input_kind(path: str | os.PathLike) -> str:
-    """``"nifti"``, ``"png"``, ``"tiff"`` or ``"dicom"`` from the file name (a folder is a DICOM series).
+    """``"nifti"``, ``"nrrd"``, ``"png"``, ``"tiff"`` or ``"dicom"`` from the file name (a folder is a DICOM series).
 
     Args:
         path: the image file (or DICOM folder).
@@ -235,7 +237,7 @@ def write_result(
     """Write ``result`` with the geometry of the input file; return the path and what was written.
 
     - NIfTI input, radiology model: NIfTI with the input's affine and header (only the data type changes).
-    - other radiology inputs (DICOM, PNG): NIfTI with the affine MONAI's reader gave (RAS), same array order.
+    - other radiology inputs (DICOM, NRRD, PNG): NIfTI with the affine MONAI's reader gave (RAS), same array order.
     - pathology models (``radiology=False``) with PNG / TIFF input: the same format, the input's data type
       for restored images (values rounded and clipped to its range; the number of clipped values is
       returned), ``uint8``/``uint16`` labels for region maps.
