@@ -155,8 +155,9 @@ def write_log_config(tmp: Path) -> Path:
 class Server:
     """A running server: its URL, process and log file."""
 
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path, model: RAT, start_s: float) -> None:
-        self.url, self.proc, self.log, self.model, self.start_s = url, proc, log, model, start_s
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, model: RAT, bundles: Path) -> None:
+        self.url, self.proc, self.log, self.model, self.bundles = url, proc, log, model, bundles
+        self.start_s = 0.0
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
@@ -189,7 +190,7 @@ def server(tmp_path_factory):
             cwd=str(tmp),
             start_new_session=True,
         )
-    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, 0.0)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, bundles)
     try:
         deadline = time.time() + 150
         while True:
@@ -287,6 +288,16 @@ def test_missing_checkpoint_is_a_clear_error_and_the_server_stays_up(server, tmp
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
     assert server.post("regions_ct_missing", src, output="image").status_code == 200  # needs no checkpoint
     assert server.post("restore_ct", src, output="image").status_code == 200
+    # a checkpoint copied into place is used by the next request, without a restart
+    ckpt = server.bundles / "ct_missing" / "models" / "model.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(server.bundles / "ct" / "models" / "model.pt", ckpt)
+    try:
+        assert server.post("restore_ct_missing", src, output="image").status_code == 200
+        task = requests.get(f"{server.url}/info/", timeout=30).json()["models"]["restore_ct_missing"]
+        assert task["checkpoint_found"] is True and "NOT READY" not in task["description"]
+    finally:
+        ckpt.unlink()
 
 
 def test_malformed_uploads_are_4xx_with_a_message(server, tmp_path):
