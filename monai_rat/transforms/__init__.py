@@ -13,3 +13,4 @@ from .partition import (
     relabel_regions,
 )
 from .simulate_ct import SimulateLowDoseCT, SimulateLowDoseCTd, SimulateLowDoseCTD, SimulateLowDoseCTDict
+from .simulate_pet import SimulateLowCountPET, SimulateLowCountPETd, SimulateLowCountPETD, SimulateLowCountPETDict, osem_reconstruct
