@@ -13,3 +13,5 @@ from .ct_transforms import (
     ct_to_hu_transform,
 )
 from .dicom_writer import SaveAsDICOM, SaveAsDICOMD, SaveAsDICOMd, SaveAsDICOMDict, write_dicom_slice
+from .pet_demo import PET_DEMO_VERSION, PET_UPTAKE_RATIOS, make_pet_demo, pet_activity_phantoms
+from .pet_data import PETSliceDataset, VolumeToSlicesD, VolumeToSlicesDict, VolumeToSlicesd, pet_datalist, pet_volume_pairs

@@ -1,0 +1,390 @@
+"""PET data: the datalist (demo, folder of paired NIfTI volumes, or datalist JSON) and 3D -> 2D slicing.
+
+The paper trains the 2D RAT on slices of 3D PET volumes with the air-only slices dropped. Here:
+
+- :func:`pet_datalist` lists paired volumes (``"image"`` = low dose, ``"label"`` = full dose), split by
+  patient so that no patient has slices on both sides;
+- :class:`VolumeToSlicesd` turns one loaded pair into a list of 2D slice dictionaries along a
+  configurable axis, dropping **air-only** slices: a slice is air-only when its maximum in the
+  reference key (default ``"label"``, the full-dose volume) is at most ``air_threshold`` (default
+  0.01) times that volume's maximum. Every drop is counted and logged (logger
+  ``monai_rat.data.pet_data``), and the counts are kept in ``last_counts``;
+- :class:`PETSliceDataset` loads every listed pair once, slices it with :class:`VolumeToSlicesd` and
+  serves the kept slices (memory: all kept slices of all volumes, float32; about 2 x 320 KB per
+  192 x 416 slice pair; for data sets that do not fit, use :class:`VolumeToSlicesd` inside a MONAI
+  ``PatchDataset`` instead).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["pet_datalist", "pet_volume_pairs", "VolumeToSlicesd", "VolumeToSlicesD", "VolumeToSlicesDict", "PETSliceDataset"]
+
+logger = logging.getLogger(__name__)
+
+_MEMO: dict = {}
+_NIFTI = (".nii", ".nii.gz")
+_FOLDER_LAYOUT = """a folder of paired NIfTI volumes:
+  <dataset_dir>/low_dose/<patient>.nii.gz    (the "image")
+  <dataset_dir>/full_dose/<patient>.nii.gz   (the "label"; same file names, same shapes)"""
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def pet_volume_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
+    """Pair ``low_dose/<patient>.nii[.gz]`` with ``full_dose/<patient>.nii[.gz]`` by file name.
+
+    Shapes are read from the NIfTI headers (no voxel data) and must agree within each pair.
+
+    Args:
+        dataset_dir: a folder laid out as ``low_dose/`` and ``full_dose/`` sub-folders of NIfTI files.
+
+    Returns:
+        ``[{"image": low_path, "label": full_path, "name": patient}, ...]`` sorted by patient.
+
+    Raises:
+        FileNotFoundError: when the folder or a sub-folder does not exist, or holds no NIfTI file.
+        ValueError: when a patient is in one sub-folder only (all are named), or a pair's shapes differ,
+            or a file is not a readable NIfTI (the file is named).
+    """
+    import nibabel as nib
+
+    root = Path(dataset_dir).expanduser()
+    found = {}
+    for sub in ("low_dose", "full_dose"):
+        folder = root / sub
+        if not folder.is_dir():
+            raise FileNotFoundError(f"pet_datalist: {str(folder)!r} does not exist; expected {_FOLDER_LAYOUT}.")
+        files = {_stem(p): p for p in sorted(folder.iterdir()) if p.name.endswith(_NIFTI)}
+        if not files:
+            raise FileNotFoundError(f"pet_datalist: no .nii / .nii.gz file in {str(folder)!r}; expected {_FOLDER_LAYOUT}.")
+        found[sub] = files
+    low, full = found["low_dose"], found["full_dose"]
+    only_low, only_full = sorted(set(low) - set(full)), sorted(set(full) - set(low))
+    if only_low or only_full:
+        raise ValueError(
+            f"pet_datalist: unpaired volumes in {str(root)!r}: only in low_dose/: {only_low}; only in full_dose/: "
+            f"{only_full}. Every patient needs both files (same name)."
+        )
+    items = []
+    for name in sorted(low):
+        shapes = []
+        for path in (low[name], full[name]):
+            try:
+                shapes.append(tuple(nib.load(str(path)).shape))
+            except Exception as e:  # nibabel raises several types for a corrupt header
+                raise ValueError(f"pet_datalist: {str(path)!r} is not a readable NIfTI file ({e}).") from e
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"pet_datalist: patient {name!r}: low_dose shape {shapes[0]} != full_dose shape {shapes[1]} "
+                f"({str(low[name])!r}, {str(full[name])!r})."
+            )
+        if len(shapes[0]) != 3:
+            raise ValueError(f"pet_datalist: patient {name!r}: expected a 3D volume, got shape {shapes[0]} ({str(low[name])!r}).")
+        items.append({"image": str(low[name]), "label": str(full[name]), "name": name})
+    return items
+
+
+def pet_datalist(
+    dataset_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    val_patients: Sequence[str] | None = None,
+    val_fraction: float = 25 / 115,
+    seed: int = 0,
+    **kwargs,
+) -> dict:
+    """The PET datalist: the built-in demo volumes, a folder of paired NIfTI volumes, or a datalist JSON.
+
+    - ``dataset_dir`` None or "": the demo (:func:`monai_rat.data.make_pet_demo`, built once under
+      ``cache_dir``; ``kwargs`` go to it); the log says so.
+    - a folder: :func:`pet_volume_pairs` (``low_dose/`` and ``full_dose/`` with the same file names),
+      split by patient: ``val_patients`` when given, else a seeded random ``val_fraction`` of the
+      patients (default 25 / 115, the paper's 90 / 25 split; at least one patient each side).
+    - a ``.json`` file: a MONAI datalist with "training" and "validation" of volume pairs
+      (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is.
+
+    Memoised per process and arguments (a deep copy is returned).
+
+    Args:
+        dataset_dir: None / "" (demo), a folder, or a datalist ``.json``.
+        cache_dir: where the demo is built (default ``$MONAI_RAT_CACHE`` or ``~/.cache/monai_rat``).
+        val_patients: patient names (file names without extension) for validation (folder only).
+        val_fraction: share of patients for validation when ``val_patients`` is None (folder only),
+            in (0, 1).
+        seed: seed of the random patient split (folder only).
+        kwargs: passed to :func:`monai_rat.data.make_pet_demo` (demo only).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image", "label", "name"}``
+        items ("test" = validation).
+
+    Raises:
+        FileNotFoundError: when ``dataset_dir`` or a listed file does not exist.
+        ValueError: for unpaired or mismatched volumes, an unknown name in ``val_patients``, a split
+            that leaves a side empty, or ``kwargs`` given for real data.
+    """
+    key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed),
+           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key not in _MEMO:
+        _MEMO[key] = _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs)
+    return copy.deepcopy(_MEMO[key])
+
+
+def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs) -> dict:
+    from monai_rat.data.datalist import load_paired_datalist
+    from monai_rat.data.pet_demo import make_pet_demo
+
+    if dataset_dir is None or str(dataset_dir).strip() == "":
+        out = make_pet_demo(cache_dir, **kwargs)
+        logger.warning(
+            "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation patients, simulated "
+            "low-count PET at DRF %s from pydicom's MR_small.dcm and the Shepp-Logan phantom; see "
+            "monai_rat.data.make_pet_demo). To train on real data pass --dataset_dir /path/to/folder (low_dose/ and "
+            "full_dose/ NIfTI volumes) or --dataset_dir /path/to/datalist.json.",
+            len(out["training"]), len(out["validation"]), kwargs.get("dose_reduction_factor", 12),
+        )
+        return out
+    if kwargs:
+        raise ValueError(f"pet_datalist: options {sorted(kwargs)} apply to the demo data only, not to {str(dataset_dir)!r}.")
+    path = Path(dataset_dir).expanduser()
+    if path.suffix.lower() == ".json":
+        out = load_paired_datalist(path)
+        logger.info("PET data: datalist %s: %d training / %d validation volumes.", path, len(out["training"]), len(out["validation"]))
+        return out
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"dataset_dir {str(path)!r} is not a folder or a .json datalist. Expected {_FOLDER_LAYOUT}, a MONAI datalist "
+            "JSON, or no dataset_dir for the demo data."
+        )
+    items = pet_volume_pairs(path)
+    names = [it["name"] for it in items]
+    if val_patients is not None:
+        unknown = sorted(set(val_patients) - set(names))
+        if unknown:
+            raise ValueError(f"pet_datalist: `val_patients` {unknown} are not in {str(path)!r} (patients: {names}).")
+        val = set(val_patients)
+    else:
+        if not 0 < float(val_fraction) < 1:
+            raise ValueError(f"pet_datalist: `val_fraction` must be in (0, 1), got {val_fraction!r}.")
+        order = list(names)
+        random.Random(seed).shuffle(order)
+        val = set(order[: max(1, int(round(val_fraction * len(order))))])
+    out = {
+        "training": [it for it in items if it["name"] not in val],
+        "validation": [it for it in items if it["name"] in val],
+    }
+    if not out["training"] or not out["validation"]:
+        raise ValueError(
+            f"pet_datalist: the patient split of {len(items)} patient(s) in {str(path)!r} leaves "
+            f"{len(out['training'])} for training and {len(out['validation'])} for validation; both need >= 1."
+        )
+    out["test"] = copy.deepcopy(out["validation"])
+    logger.info("PET data: %s: %d training / %d validation patients (validation: %s).",
+                path, len(out["training"]), len(out["validation"]), sorted(val))
+    return out
+
+
+class VolumeToSlicesd(MapTransform):
+    """Cut channel-first 3D volumes ``(C, X, Y, Z)`` into 2D slices ``(C, ., .)``, dropping air-only slices.
+
+    Returns a **list** of dictionaries, one per kept slice index (MONAI's convention for transforms
+    that yield several samples, e.g. ``RandCropByPosNegLabeld``): the keys hold MetaTensors with the
+    slice axis removed (the affine loses that axis' row and column), other entries are copied, and
+    ``"slice_index"`` / ``"slice_axis"`` say where the slice came from. A slice is air-only when
+    ``max(reference slice) <= air_threshold * max(reference volume)``; dropped slices are counted in
+    ``last_counts`` (``{"kept": n, "dropped_air": m}``) and logged (INFO) with the file name.
+    A volume that is all air yields an empty list (logged as a WARNING).
+
+    Args:
+        keys: the volume keys to slice (default "image" and "label").
+        axis: the spatial axis to slice along: 0, 1 or 2 (or -1 for the last; default -1, axial for
+            RAS-ordered volumes).
+        reference_key: the key whose values decide air-only slices (default "label", the full dose).
+        air_threshold: fraction of the reference volume's maximum at or below which a slice is
+            air-only (default 0.01); 0 drops only slices that are exactly zero everywhere, a negative
+            value keeps every slice.
+        allow_missing_keys: do not raise when a key is missing.
+
+    Raises:
+        ValueError: when ``axis`` is out of range; at call time when a volume is not ``(C, X, Y, Z)``,
+            the keys' shapes differ, or the reference holds NaN.
+        KeyError: when a key or ``reference_key`` is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        axis: int = -1,
+        reference_key: str = "label",
+        air_threshold: float = 0.01,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if axis not in (0, 1, 2, -1, -2, -3):
+            raise ValueError(f"VolumeToSlicesd: `axis` must be a spatial axis 0, 1 or 2 (or -1..-3), got {axis!r}.")
+        self.axis = axis % 3
+        self.reference_key = reference_key
+        self.air_threshold = float(air_threshold)
+        self.last_counts = {"kept": 0, "dropped_air": 0}
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        """Slice the volumes.
+
+        Args:
+            data: a dictionary with the channel-first 3D volumes.
+
+        Returns:
+            a list of dictionaries, one per kept slice.
+
+        Raises:
+            ValueError: as the class docstring says.
+            KeyError: when ``reference_key`` is missing.
+        """
+        import torch
+        from monai.data import MetaTensor
+        from monai.utils import convert_to_numpy
+
+        d = dict(data)
+        if self.reference_key not in d:
+            raise KeyError(f"VolumeToSlicesd: `reference_key` {self.reference_key!r} is not in the data (keys {sorted(map(str, d))}).")
+        keys = [k for k in self.key_iterator(d)]
+        ref = d[self.reference_key]
+        shape = tuple(ref.shape)
+        name = str(getattr(ref, "meta", {}).get("filename_or_obj", "")) if hasattr(ref, "meta") else ""
+        for k in keys + [self.reference_key]:
+            s = tuple(d[k].shape)
+            if len(s) != 4:
+                raise ValueError(f"VolumeToSlicesd: {k!r} must be a channel-first 3D volume (C, X, Y, Z), got shape {s} {name}.")
+            if s[1:] != shape[1:]:
+                raise ValueError(f"VolumeToSlicesd: {k!r} has spatial shape {s[1:]}, {self.reference_key!r} has {shape[1:]} {name}.")
+        ref_np = convert_to_numpy(ref, dtype=np.float32)
+        if np.isnan(ref_np).any():
+            raise ValueError(f"VolumeToSlicesd: {self.reference_key!r} holds NaN values {name}.")
+        spatial_axis = 1 + self.axis
+        per_slice = np.moveaxis(ref_np, spatial_axis, 0).reshape(shape[spatial_axis], -1).max(axis=1)
+        vmax = float(per_slice.max()) if per_slice.size else 0.0
+        if self.air_threshold < 0:
+            keep = np.ones(per_slice.shape, dtype=bool)
+        else:
+            keep = per_slice > self.air_threshold * max(vmax, 0.0)
+        self.last_counts = {"kept": int(keep.sum()), "dropped_air": int((~keep).sum())}
+        log = logger.warning if not keep.any() else logger.info
+        log(
+            "VolumeToSlicesd: %s: kept %d of %d slices along axis %d; dropped %d air-only (max <= %g x volume max %g).",
+            name or "<volume>", self.last_counts["kept"], keep.size, self.axis, self.last_counts["dropped_air"],
+            self.air_threshold, vmax,
+        )
+        out = []
+        for idx in np.flatnonzero(keep):
+            item = {k: v for k, v in d.items() if k not in keys}
+            for k in keys:
+                vol = d[k]
+                arr = vol.as_tensor() if isinstance(vol, MetaTensor) else vol
+                sl = [slice(None)] * 4
+                sl[spatial_axis] = int(idx)
+                meta = dict(vol.meta) if isinstance(vol, MetaTensor) else {}
+                affine = None
+                if isinstance(vol, MetaTensor):
+                    a = convert_to_numpy(vol.affine, dtype=np.float64)
+                    rows = [i for i in range(3) if i != self.axis] + [3]
+                    affine = a[np.ix_(rows, rows)]
+                    meta.pop("affine", None)
+                    meta.pop("original_affine", None)
+                    meta.pop("spatial_shape", None)
+                item[k] = MetaTensor(torch.as_tensor(arr)[tuple(sl)].clone(), affine=affine, meta=meta)
+            item["slice_index"] = int(idx)
+            item["slice_axis"] = self.axis
+            out.append(item)
+        return out
+
+
+VolumeToSlicesD = VolumeToSlicesDict = VolumeToSlicesd
+
+
+class PETSliceDataset:
+    """A map-style dataset of 2D slice pairs from 3D PET volume pairs, air-only slices dropped.
+
+    Loads every item of ``data`` once with ``LoadImaged(keys, ensure_channel_first=True)`` (float32),
+    slices it with :class:`VolumeToSlicesd` and keeps the slices in memory; ``transform`` (e.g.
+    normalisation, random crops and rotations) runs on each slice at access. The totals are logged
+    (INFO) and kept in ``counts`` (``{"volumes", "slices_total", "kept", "dropped_air"}``).
+
+    Args:
+        data: items ``{"image": low_dose_path, "label": full_dose_path, ...}`` (e.g. a split of
+            :func:`pet_datalist`).
+        transform: a callable applied to each slice dictionary at access (``None``: none).
+        keys: the volume keys (default "image" and "label").
+        axis: slice axis, see :class:`VolumeToSlicesd` (default -1).
+        air_threshold: see :class:`VolumeToSlicesd` (default 0.01).
+        reference_key: see :class:`VolumeToSlicesd` (default "label").
+
+    Raises:
+        ValueError: as :class:`VolumeToSlicesd`, or when no slice is left at all.
+        RuntimeError: when a file cannot be read (MONAI's reader error, with the file name).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping],
+        transform=None,
+        keys: Sequence[str] = ("image", "label"),
+        axis: int = -1,
+        air_threshold: float = 0.01,
+        reference_key: str = "label",
+    ) -> None:
+        import torch
+        from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+        load = Compose([LoadImaged(list(keys), image_only=True, ensure_channel_first=True), EnsureTyped(list(keys), dtype=torch.float32)])
+        slicer = VolumeToSlicesd(keys, axis=axis, reference_key=reference_key, air_threshold=air_threshold)
+        self.transform = transform
+        self.slices: list[dict] = []
+        self.counts = {"volumes": 0, "slices_total": 0, "kept": 0, "dropped_air": 0}
+        for item in data:
+            self.slices.extend(slicer(load(dict(item))))
+            self.counts["volumes"] += 1
+            self.counts["kept"] += slicer.last_counts["kept"]
+            self.counts["dropped_air"] += slicer.last_counts["dropped_air"]
+        self.counts["slices_total"] = self.counts["kept"] + self.counts["dropped_air"]
+        logger.info(
+            "PETSliceDataset: %d volumes, %d slices along axis %d: kept %d, dropped %d air-only (threshold %g x volume max).",
+            self.counts["volumes"], self.counts["slices_total"], slicer.axis, self.counts["kept"],
+            self.counts["dropped_air"], air_threshold,
+        )
+        if not self.slices:
+            raise ValueError(f"PETSliceDataset: no slice left of {self.counts['volumes']} volume(s) ({self.counts}).")
+
+    def __len__(self) -> int:
+        """Number of kept slices."""
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> dict:
+        """One slice dictionary, transformed.
+
+        Args:
+            index: slice index in ``[0, len(self))``.
+
+        Returns:
+            the (transformed) slice dictionary; the stored one is not modified.
+
+        Raises:
+            IndexError: when ``index`` is out of range.
+        """
+        item = dict(self.slices[index])
+        return self.transform(item) if self.transform is not None else item
