@@ -14,3 +14,4 @@ from .partition import (
 )
 from .simulate_ct import SimulateLowDoseCT, SimulateLowDoseCTd, SimulateLowDoseCTD, SimulateLowDoseCTDict
 from .simulate_pet import SimulateLowCountPET, SimulateLowCountPETd, SimulateLowCountPETD, SimulateLowCountPETDict, osem_reconstruct
+from .degrade import BicubicDegrade, BicubicDegradeD, BicubicDegradeDict, BicubicDegraded

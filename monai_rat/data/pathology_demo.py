@@ -1,0 +1,332 @@
+"""Pathology super-resolution data: built-in demo tiles, the datalist, and the load/degrade transforms.
+
+The paper's pathology task pairs a high-quality RGB image with its 4x bicubic down-then-up version
+(the LQ input), made on the fly. So a pathology datalist lists **only the high-quality images**,
+under "image" (MONAI's datalist key); :func:`pathology_load_transforms` reads each one, scales it to
+[0, 1], copies it to "label" (the target) and degrades "image" with
+:class:`monai_rat.transforms.BicubicDegraded` (factor 4): after it, "image" is LQ and "label" HQ,
+the same convention as the CT and PET bundles.
+
+Demo tiles (nothing downloaded): scikit-image's ``ihc.png`` (``skimage.data.immunohistochemistry()``,
+a 512 x 512 RGB immunohistochemistry image of colon tissue) cut into non-overlapping
+``tile_size`` tiles; validation = the tiles of the right-most tile column (a spatial block, so
+validation tiles touch training tiles along one edge only), training = the rest. With the
+default ``tile_size`` 128: 12 training and 4 validation tiles. No other histology image ships with
+the installed packages (scikit-image's ``skin.jpg`` needs a download).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "make_pathology_demo",
+    "pathology_datalist",
+    "pathology_image_files",
+    "pathology_load_transforms",
+    "PATHOLOGY_DEMO_VERSION",
+    "PATHOLOGY_EXTENSIONS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: bump when the builder's output changes, so that older builds are not reused.
+PATHOLOGY_DEMO_VERSION = 1
+#: the image files a pathology folder may hold.
+PATHOLOGY_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+_DATALIST = "datalist.json"
+_MEMO: dict = {}
+_FOLDER_LAYOUT = f"""a folder of high-quality RGB images ({', '.join(PATHOLOGY_EXTENSIONS)}), either
+  <dataset_dir>/train/*.png and <dataset_dir>/test/*.png   (the split as given), or
+  <dataset_dir>/*.png                                      (split at random by `val_fraction`),
+or a MONAI datalist JSON {{"training": [{{"image": "a.png"}}, ...], "validation": [...]}}
+(the low-quality input is made on the fly: 4x bicubic down then up)"""
+
+
+def make_pathology_demo(root_dir: str | os.PathLike | None = None, tile_size: int = 128) -> dict:
+    """Build (once) the demo tiles from scikit-image's ``ihc.png`` and return their datalist.
+
+    Written under ``<root_dir>/pathology_demo_<key>/images/ihc_r<row>_c<col>.png`` (RGB uint8) with
+    ``datalist.json`` and ``README.txt``; reused when complete; built in a temporary folder and
+    renamed into place (atomic). Takes well under a second.
+
+    Args:
+        root_dir: the parent folder; ``None`` uses :func:`monai_rat.data.default_cache_dir`.
+        tile_size: side of the square tiles: 32 <= tile_size <= 256 and dividing 512 (default 128).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, items ``{"image": hq_path, "name": str}``
+        ("test" = validation).
+
+    Raises:
+        ValueError: when ``tile_size`` is out of range or does not divide 512.
+    """
+    from monai_rat.data.ct_demo import default_cache_dir
+
+    if int(tile_size) != tile_size or not 32 <= int(tile_size) <= 256 or 512 % int(tile_size):
+        raise ValueError(f"make_pathology_demo: `tile_size` must be 32, 64, 128 or 256 (dividing 512), got {tile_size!r}.")
+    settings = {"version": PATHOLOGY_DEMO_VERSION, "tile_size": int(tile_size)}
+    root = Path(root_dir).expanduser() if root_dir not in (None, "") else default_cache_dir()
+    final = root / f"pathology_demo_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]}"
+    if (final / _DATALIST).is_file():
+        out = _load(final)
+        missing = [it["image"] for it in out["training"] + out["validation"] if not os.path.isfile(it["image"])]
+        if not missing:
+            logger.info("Pathology demo data: reusing %s", final)
+            return out
+        logger.warning("Pathology demo data: %d file(s) of %s are missing (first: %s); rebuilding it.", len(missing), final, missing[0])
+        shutil.rmtree(final, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".pathology_demo_tmp_", dir=root))
+    try:
+        _build(tmp, settings)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / _DATALIST).is_file():
+                logger.info("Pathology demo data: %s was built concurrently; using it.", final)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Pathology demo data: built in %.1f s: %s", time.perf_counter() - t0, final)
+    return _load(final)
+
+
+def _build(folder: Path, s: dict) -> None:
+    from PIL import Image
+    from skimage.data import immunohistochemistry
+
+    ihc = immunohistochemistry()  # (512, 512, 3) uint8
+    t = s["tile_size"]
+    n = ihc.shape[0] // t
+    (folder / "images").mkdir()
+    datalist: dict = {"training": [], "validation": []}
+    for r in range(n):
+        for c in range(n):
+            name = f"ihc_r{r}_c{c}"
+            Image.fromarray(np.ascontiguousarray(ihc[r * t : (r + 1) * t, c * t : (c + 1) * t])).save(folder / "images" / f"{name}.png")
+            datalist["validation" if c == n - 1 else "training"].append({"image": f"images/{name}.png", "name": name})
+    with open(folder / "README.txt", "w") as f:
+        f.write(
+            "monai-rat pathology demo tiles (built by monai_rat.data.make_pathology_demo; see its docstring).\n"
+            "High-quality RGB tiles of scikit-image's ihc.png; the low-quality input is made on the fly (4x bicubic).\n"
+            "Settings:\n" + json.dumps(s, indent=2) + "\n"
+        )
+    with open(folder / _DATALIST, "w") as f:
+        json.dump({**datalist, "settings": s}, f, indent=1)
+
+
+def _load(folder: Path) -> dict:
+    with open(folder / _DATALIST) as f:
+        rel = json.load(f)
+    out = {split: [{**it, "image": str(folder / it["image"])} for it in rel[split]] for split in ("training", "validation")}
+    out["test"] = copy.deepcopy(out["validation"])
+    return out
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]  # (H, W)
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, ...
+        raise ValueError(f"pathology_datalist: {str(path)!r} is not a readable image ({e}).") from e
+
+
+def pathology_image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder`` (extensions :data:`PATHOLOGY_EXTENSIONS`), sorted.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        the sorted paths.
+
+    Raises:
+        FileNotFoundError: when the folder does not exist or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pathology_datalist: {str(folder)!r} is not a folder; expected {_FOLDER_LAYOUT}.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PATHOLOGY_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"pathology_datalist: no image file in {str(folder)!r}; expected {_FOLDER_LAYOUT}.")
+    return files
+
+
+def pathology_datalist(
+    dataset_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    min_size: int | None = None,
+    val_fraction: float = 113 / 573,
+    seed: int = 0,
+    **kwargs,
+) -> dict:
+    """The pathology datalist: demo tiles, a folder of RGB images, or a MONAI datalist JSON.
+
+    - ``dataset_dir`` None or "": :func:`make_pathology_demo` under ``cache_dir`` (``kwargs`` go to it);
+      logged as a WARNING.
+    - a folder with ``train/`` and ``test/`` sub-folders: that split ("validation" = "test" = ``test/``);
+      a folder of images: a seeded random ``val_fraction`` (default the paper's 113 of 573) for validation.
+    - a ``.json``: a MONAI datalist with "training" and "validation" items holding "image".
+
+    Every listed file is opened (header only) to check it is a readable image; with ``min_size``,
+    images with a side smaller than it (e.g. the training patch size) raise ``ValueError`` naming
+    them, instead of failing later inside a random crop.
+
+    Args:
+        dataset_dir: None / "" (demo), a folder, or a ``.json``.
+        cache_dir: where the demo is built.
+        min_size: the smallest allowed image side (``None``: no check).
+        val_fraction: validation share for a flat folder, in (0, 1).
+        seed: seed of the flat-folder split.
+        kwargs: passed to :func:`make_pathology_demo` (demo only).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image": hq_path, "name": str}``.
+
+    Raises:
+        FileNotFoundError: when ``dataset_dir`` or a listed file does not exist, or a folder has no image.
+        ValueError: for an unreadable image, an image smaller than ``min_size``, a malformed JSON, a
+            split that leaves a side empty, or ``kwargs`` given for real data.
+    """
+    key = (str(dataset_dir), str(cache_dir), repr(min_size), float(val_fraction), int(seed),
+           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key not in _MEMO:
+        _MEMO[key] = _pathology_datalist(dataset_dir, cache_dir, min_size, val_fraction, seed, **kwargs)
+    return copy.deepcopy(_MEMO[key])
+
+
+def _pathology_datalist(dataset_dir, cache_dir, min_size, val_fraction, seed, **kwargs) -> dict:
+    if dataset_dir is None or str(dataset_dir).strip() == "":
+        out = make_pathology_demo(cache_dir, **kwargs)
+        logger.warning(
+            "No dataset_dir given: using the built-in PATHOLOGY DEMO tiles (%d training / %d validation tiles of "
+            "scikit-image's ihc.png; see monai_rat.data.make_pathology_demo). To train on real data pass "
+            "--dataset_dir /path/to/images (train/ and test/ sub-folders, or one folder) or a datalist .json.",
+            len(out["training"]), len(out["validation"]),
+        )
+    else:
+        if kwargs:
+            raise ValueError(f"pathology_datalist: options {sorted(kwargs)} apply to the demo data only, not {str(dataset_dir)!r}.")
+        path = Path(dataset_dir).expanduser()
+        if path.suffix.lower() == ".json":
+            out = _from_json(path)
+        elif (path / "train").is_dir() and (path / "test").is_dir():
+            out = {
+                "training": [{"image": str(p), "name": p.stem} for p in pathology_image_files(path / "train")],
+                "validation": [{"image": str(p), "name": p.stem} for p in pathology_image_files(path / "test")],
+            }
+        else:
+            files = pathology_image_files(path)
+            if not 0 < float(val_fraction) < 1:
+                raise ValueError(f"pathology_datalist: `val_fraction` must be in (0, 1), got {val_fraction!r}.")
+            order = list(files)
+            random.Random(seed).shuffle(order)
+            n_val = max(1, int(round(val_fraction * len(order))))
+            if n_val >= len(order):
+                raise ValueError(f"pathology_datalist: {len(order)} image(s) in {str(path)!r} cannot be split into training and validation.")
+            val = set(order[:n_val])
+            out = {
+                "training": [{"image": str(p), "name": p.stem} for p in files if p not in val],
+                "validation": [{"image": str(p), "name": p.stem} for p in files if p in val],
+            }
+        out["test"] = copy.deepcopy(out["validation"])
+        logger.info("Pathology data: %s: %d training / %d validation images.", path, len(out["training"]), len(out["validation"]))
+    too_small = []
+    for split in ("training", "validation"):
+        for it in out[split]:
+            h, w = _image_size(Path(it["image"]))
+            if min_size is not None and min(h, w) < int(min_size):
+                too_small.append(f"{it['image']} ({h} x {w})")
+    if too_small:
+        raise ValueError(
+            f"pathology_datalist: {len(too_small)} image(s) have a side smaller than min_size={min_size} (the patch "
+            f"size?): {too_small[:5]}{' ...' if len(too_small) > 5 else ''}. Use a smaller patch or remove them."
+        )
+    return out
+
+
+def _from_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"pathology_datalist: datalist {str(path)!r} does not exist; expected {_FOLDER_LAYOUT}.")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"pathology_datalist: {str(path)!r} is not readable JSON ({e}).") from e
+    if not isinstance(raw, dict) or not {"training", "validation"} <= set(raw):
+        raise ValueError(f"pathology_datalist: {str(path)!r} needs 'training' and 'validation' lists; expected {_FOLDER_LAYOUT}.")
+    out = {}
+    for split in ("training", "validation"):
+        items = []
+        for i, it in enumerate(raw[split]):
+            if not isinstance(it, dict) or "image" not in it:
+                raise ValueError(f"pathology_datalist: {str(path)!r}: item {i} of {split!r} needs an 'image', got {it!r}.")
+            p = Path(it["image"])
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise FileNotFoundError(f"pathology_datalist: {str(path)!r}: item {i} of {split!r} names {str(p)!r}, which does not exist.")
+            items.append({**it, "image": str(p), "name": it.get("name", p.stem)})
+        out[split] = items
+    if not out["training"] or not out["validation"]:
+        raise ValueError(f"pathology_datalist: {str(path)!r} has an empty 'training' or 'validation' list.")
+    return out
+
+
+def _check_rgb(img):
+    if img.shape[0] != 3:
+        name = getattr(img, "meta", {}).get("filename_or_obj", "") if hasattr(img, "meta") else ""
+        raise ValueError(f"pathology data: expected an RGB image (3 channels), got {img.shape[0]} channels, shape {tuple(img.shape)} ({name}).")
+    return img
+
+
+def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image", "label")) -> list:
+    """MONAI transforms: read an RGB image, scale to [0, 1], copy to the target key, degrade the input key.
+
+    ``LoadImaged(image, ensure_channel_first=True)`` -> ``EnsureTyped(float32)`` -> a check that the
+    image has 3 channels (RGB; grey or RGBA files raise ``ValueError`` naming the file) ->
+    ``ScaleIntensityRanged(0..255 -> 0..1, clip=False)`` -> ``CopyItemsd(image -> label)`` ->
+    :class:`monai_rat.transforms.BicubicDegraded` on "image" (``factor``, no clipping). MONAI's PIL
+    reader returns ``(C, W, H)`` (transposed) for PNG; both keys share that order, so the pair stays
+    aligned and the saved prediction is transposed back by the same reader convention.
+
+    Args:
+        factor: the degradation factor (default 4).
+        keys: (input key, target key) (default ("image", "label")).
+
+    Returns:
+        the list of transforms.
+
+    Raises:
+        ValueError: when ``factor`` is invalid; at run time when an image is not RGB.
+    """
+    import torch
+    from monai.transforms import CopyItemsd, EnsureTyped, Lambdad, LoadImaged, ScaleIntensityRanged
+
+    from monai_rat.transforms.degrade import BicubicDegraded
+
+    src, dst = keys
+    return [
+        LoadImaged(src, image_only=True, ensure_channel_first=True),
+        EnsureTyped(src, dtype=torch.float32),
+        Lambdad(src, _check_rgb),
+        ScaleIntensityRanged(src, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=False),
+        CopyItemsd(src, names=dst),
+        BicubicDegraded(src, factor=factor),
+    ]

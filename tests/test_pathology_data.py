@@ -1,0 +1,179 @@
+"""BicubicDegrade(d), the pathology demo tiles, pathology_datalist and the load/degrade transforms."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from PIL import Image
+
+from monai_rat.data import make_pathology_demo, pathology_datalist, pathology_load_transforms
+from monai_rat.transforms import BicubicDegrade, BicubicDegraded
+
+
+def _ihc(dtype=np.float32):
+    from skimage.data import immunohistochemistry
+
+    img = immunohistochemistry().transpose(2, 0, 1)
+    return img.astype(np.float32) / 255 if dtype == np.float32 else img
+
+
+def test_degrade_shape_blur_and_psnr():
+    img = _ihc()[:, :256, :256]
+    out = BicubicDegrade()(img)
+    assert out.shape == img.shape and out.dtype == np.float32
+    psnr = 10 * np.log10(1 / np.mean((out - img) ** 2))
+    assert 20 < psnr < 35, psnr  # blurred, not destroyed (ihc at 4x: about 27 dB)
+    assert psnr < 10 * np.log10(1 / np.mean((BicubicDegrade(factor=2)(img) - img) ** 2))  # 4x loses more than 2x
+    # a smooth image survives almost unchanged; fine detail does not
+    yy, xx = np.mgrid[:64, :64] / 64.0
+    smooth = np.stack([0.5 + 0.2 * np.sin(2 * np.pi * xx)] * 3).astype(np.float32)
+    assert np.abs(BicubicDegrade()(smooth) - smooth)[:, 8:-8, 8:-8].max() < 0.02
+    checker = (((np.indices((64, 64)).sum(0)) % 2).astype(np.float32))[None]
+    assert np.abs(BicubicDegrade()(checker) - 0.5).max() < 0.1  # 1-pixel pattern averaged out
+
+
+def test_degrade_equals_explicit_torch_resizes_and_keeps_types():
+    import torch.nn.functional as F
+
+    img = torch.rand(3, 60, 52)
+    ref = F.interpolate(F.interpolate(img[None], size=(15, 13), mode="bicubic", antialias=True), size=(60, 52), mode="bicubic")[0]
+    torch.testing.assert_close(BicubicDegrade()(img), ref)
+    mt = MetaTensor(img, meta={"filename_or_obj": "a.png"})
+    out = BicubicDegrade()(mt)
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
+    u8 = _ihc(np.uint8)[:, :64, :64]
+    out = BicubicDegrade()(u8)
+    assert out.dtype == np.uint8 and out.shape == u8.shape  # rounded, kept in [0, 255] (no wrap-around)
+    f = BicubicDegrade()(u8.astype(np.float32))
+    assert np.abs(out.astype(np.float32) - np.clip(np.round(f), 0, 255)).max() == 0
+    clipped = BicubicDegrade(clip_range=(0, 1))(checker := np.kron(np.eye(2), np.ones((8, 8)))[None].astype(np.float32))
+    assert clipped.min() >= 0 and clipped.max() <= 1 and checker.shape == clipped.shape
+
+
+def test_degrade_dictionary():
+    img = torch.rand(3, 32, 32)
+    d = BicubicDegraded(keys="label", output_keys="image")({"label": img})
+    assert d["label"] is img
+    torch.testing.assert_close(d["image"], BicubicDegrade()(img))
+    d = BicubicDegraded(keys="image")({"image": img})
+    torch.testing.assert_close(d["image"], BicubicDegrade()(img))
+    with pytest.raises(ValueError, match="output_keys"):
+        BicubicDegraded(keys=("a", "b"), output_keys="c")
+
+
+@pytest.mark.parametrize(
+    "img, match",
+    [(np.ones((8, 8)), r"\(C, H, W\)"), (np.ones((3, 3, 16)), "smaller than the factor"),
+     (np.full((1, 8, 8), np.nan), "NaN")],
+)
+def test_degrade_bad_inputs(img, match):
+    with pytest.raises(ValueError, match=match):
+        BicubicDegrade()(img)
+
+
+@pytest.mark.parametrize("kwargs", [{"factor": 1}, {"factor": 2.5}, {"clip_range": (1, 0)}])
+def test_degrade_bad_parameters(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        BicubicDegrade(**kwargs)
+
+
+def test_demo_tiles_split_reuse_and_transforms(tmp_path, caplog):
+    out = make_pathology_demo(tmp_path)
+    assert len(out["training"]) == 12 and len(out["validation"]) == 4
+    assert all(it["name"].endswith("_c3") for it in out["validation"])
+    assert not any(it["name"].endswith("_c3") for it in out["training"])
+    assert out["test"] == out["validation"]
+    tile = np.asarray(Image.open(out["training"][0]["image"]))
+    assert tile.shape == (128, 128, 3) and tile.dtype == np.uint8
+    from skimage.data import immunohistochemistry
+
+    np.testing.assert_array_equal(tile, immunohistochemistry()[:128, :128])
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary folder left
+    assert make_pathology_demo(tmp_path) == out
+    os.remove(out["validation"][0]["image"])
+    with caplog.at_level(logging.WARNING, logger="monai_rat.data.pathology_demo"):
+        assert make_pathology_demo(tmp_path) == out
+    assert "missing" in caplog.text and os.path.isfile(out["validation"][0]["image"])
+    assert len(make_pathology_demo(tmp_path, tile_size=256)["training"]) == 2
+    with pytest.raises(ValueError, match="tile_size"):
+        make_pathology_demo(tmp_path, tile_size=100)
+    # the load / degrade chain: image = LQ, label = HQ in [0, 1], aligned
+    d = Compose(pathology_load_transforms())(out["training"][0])
+    assert d["image"].shape == d["label"].shape == (3, 128, 128)
+    np.testing.assert_allclose(d["label"].numpy(), tile.transpose(2, 1, 0) / 255.0, atol=1e-6)
+    torch.testing.assert_close(d["image"].as_tensor(), BicubicDegrade()(d["label"]).as_tensor())
+
+
+def test_demo_through_datalist(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="monai_rat.data.pathology_demo"):
+        out = pathology_datalist(cache_dir=tmp_path)
+    assert "PATHOLOGY DEMO" in caplog.text and len(out["training"]) == 12
+    with pytest.raises(ValueError, match="min_size=256"):
+        pathology_datalist(cache_dir=tmp_path, min_size=256)  # 128-pixel tiles, 256 patch
+
+
+def _png(path, size=(40, 48), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size[1], size[0]), color=(10, 20, 30) if mode == "RGB" else 10).save(path)
+
+
+def test_folders_and_json(tmp_path):
+    flat = tmp_path / "flat"
+    for i in range(10):
+        _png(flat / f"tma_{i:02d}.png")
+    (flat / "notes.txt").write_text("not an image")
+    out = pathology_datalist(flat, seed=3)
+    assert len(out["validation"]) == 2 and len(out["training"]) == 8  # round(10 * 113 / 573) = 2
+    assert {it["name"] for it in out["training"] + out["validation"]} == {f"tma_{i:02d}" for i in range(10)}
+    split = tmp_path / "split"
+    _png(split / "train" / "a.png")
+    _png(split / "train" / "b.tif")
+    _png(split / "test" / "c.png")
+    out = pathology_datalist(split)
+    assert [it["name"] for it in out["training"]] == ["a", "b"] and [it["name"] for it in out["validation"]] == ["c"]
+    js = tmp_path / "list.json"
+    js.write_text(json.dumps({"training": [{"image": "split/train/a.png"}], "validation": [{"image": "split/test/c.png"}]}))
+    out = pathology_datalist(js)
+    assert out["validation"][0]["image"] == str(split / "test" / "c.png")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        pathology_datalist(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        pathology_datalist(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    _png(bad / "good.png")
+    _png(bad / "good2.png")
+    (bad / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png.*not a readable image"):
+        pathology_datalist(bad)
+    small = tmp_path / "small"
+    _png(small / "big1.png", size=(300, 300))
+    _png(small / "big2.png", size=(300, 300))
+    _png(small / "tiny.png", size=(100, 300))
+    with pytest.raises(ValueError, match=r"tiny.png \(100 x 300\)"):
+        pathology_datalist(small, min_size=256)
+    with pytest.raises(ValueError, match="demo data only"):
+        pathology_datalist(small, tile_size=64)
+    js = tmp_path / "bad.json"
+    js.write_text(json.dumps({"training": [{"image": "missing.png"}], "validation": []}))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        pathology_datalist(js)
+    js.write_text("{")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        pathology_datalist(js)
+    grey = tmp_path / "grey.png"
+    _png(grey, mode="L")
+    with pytest.raises(RuntimeError) as err:  # MONAI's Compose wraps the transform's error
+        Compose(pathology_load_transforms())({"image": str(grey)})
+    assert isinstance(err.value.__cause__, ValueError)
+    assert "expected an RGB image (3 channels), got 1" in str(err.value.__cause__) and "grey.png" in str(err.value.__cause__)
