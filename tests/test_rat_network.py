@@ -175,3 +175,16 @@ def test_reference_checkpoint_loads_and_gives_the_same_outputs():
         torch.testing.assert_close(fresh(x, r), src(x, r))
     with pytest.raises(TypeError, match="mapping"):
         convert_reference_state_dict([1, 2])
+
+
+def test_checkpointing_gives_the_same_outputs_and_gradients():
+    plain = _randomised(RAT(**SMALL)).train()
+    ckpt = RAT(**SMALL, use_checkpoint=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x, r = torch.rand(2, 1, 32, 32), _regions(2, 32, 32)
+    y1, y2 = plain(x, r), ckpt(x, r)
+    torch.testing.assert_close(y1, y2)
+    y1.square().mean().backward()
+    y2.square().mean().backward()
+    for (n, p1), (_, p2) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-5, msg=n)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from monai_rat.networks.blocks.nafblock import NAFBlock
 from monai_rat.networks.blocks.rat_layer import ATTENTIONS, RATGroup
@@ -51,6 +52,9 @@ class RAT(nn.Module):
         region_bias: cross-region logit of the reference R-MSA form (-1000).
         attention: ``"region"`` (R-MSA, the paper), ``"global"`` (MSA) or ``"window"`` (W-MSA): Table 4's ablation.
         attention_impl: ``"fast"`` (default, exact, no N x N mask) or ``"reference"`` (dense mask) R-MSA.
+        use_checkpoint: recompute each NAFBlock and each RAT group in the backward pass instead of keeping
+            its activations (``torch.utils.checkpoint``, as MONAI's SwinUNETR offers): same gradients,
+            less training memory, more compute. Has no effect without autograd.
 
     Raises:
         ValueError: for unsupported dimensions, channel counts, block lists or attention names.
@@ -72,6 +76,7 @@ class RAT(nn.Module):
         region_bias: float = -1000.0,
         attention: str = "region",
         attention_impl: str = "fast",
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -89,6 +94,7 @@ class RAT(nn.Module):
             raise ValueError(f"latent channels ({latent}) must be a multiple of num_heads ({num_heads}).")
         self.in_channels = in_channels
         self.attention = attention
+        self.use_checkpoint = use_checkpoint
         self.scale = 2 ** len(enc_blocks)
         self.pad_multiple = self.scale * window_size
 
@@ -162,17 +168,27 @@ class RAT(nn.Module):
         y = self.intro(x)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
-            y = encoder(y)
+            y = self._run_blocks(encoder, y)
             skips.append(y)
             y = down(y)
         latent = y
         for group in self.middle_blks:
-            y = group(y, plan)
+            y = self._run(group, y, plan)
         y = y + latent
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            y = decoder(up(y) + skip)
+            y = self._run_blocks(decoder, up(y) + skip)
         y = self.ending(y) + x
         return y[..., :h, :w] if (ph or pw) else y
+
+    def _run(self, module: nn.Module, *args):
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def _run_blocks(self, blocks: nn.Sequential, y: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            y = self._run(block, y)
+        return y
 
     def _latent_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Replicate-pad to the padded size and take the top-left pixel of each ``scale`` x ``scale`` cell."""
