@@ -24,11 +24,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def _bundle(args: list[str], cache: Path, timeout: int = 300) -> str:
+def _bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None) -> str:
     env = dict(os.environ)
     env.update(MONAI_RAT_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
@@ -36,7 +36,7 @@ def _bundle(args: list[str], cache: Path, timeout: int = 300) -> str:
 
 
 def test_bundle_files_are_thin_links_and_share_common_config():
-    for name in ("train.json", "metadata.json", "logging.conf"):
+    for name in ("train.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
         link = ROOT / "bundles" / "pet" / name
         assert link.is_symlink() and os.readlink(link) == f"configs/{name}"
     text = (ROOT / "bundles" / "pet" / "configs" / "train.json").read_text()
@@ -81,3 +81,17 @@ def test_tiny_training_run(tmp_path):
     net.load_state_dict(torch.load(out_dir / "models" / "model.pt", weights_only=True))
     history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
     assert history[-1]["lr"] == pytest.approx(1e-6)
+
+
+def test_ddp_two_processes_gloo_on_cpu(tmp_path):
+    out_dir = tmp_path / "ddp"
+    log = _bundle(
+        ["run", "training", "--config_file", "['bundles/pet/train.json','bundles/pet/multi_gpu_train.json']",
+         "--output_dir", str(out_dir), "--region_cache_dir", str(tmp_path / "regions"), *TINY],
+        tmp_path / "cache",
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    )  # fmt: skip
+    assert log.count("Validation at iteration") == 2, "the metric history must run on rank 0 only"
+    state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 4
+    assert not any(k.startswith("module.") for k in state["network"]), "the checkpoint must hold the bare network"
