@@ -36,7 +36,7 @@ def _bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str
 
 
 def test_bundle_files_are_thin_links_and_share_common_config():
-    for name in ("train.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
+    for name in ("train.json", "evaluate.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
         link = ROOT / "bundles" / "pet" / name
         assert link.is_symlink() and os.readlink(link) == f"configs/{name}"
     text = (ROOT / "bundles" / "pet" / "configs" / "train.json").read_text()
@@ -57,13 +57,20 @@ def test_bare_command_config_is_the_demo_schedule():
     assert parser.get("schedules")["paper"]["patch_size"] == [192, 192]
 
 
-def test_tiny_training_run(tmp_path):
-    out_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("bundle_pet")
+    out_dir = work / "run"
     log = _bundle(
         ["run", "training", "--config_file", "bundles/pet/train.json", "--output_dir", str(out_dir),
-         "--region_cache_dir", str(tmp_path / "regions"), *TINY],
-        tmp_path / "cache",
+         "--region_cache_dir", str(work / "regions"), *TINY],
+        work / "cache",
     )  # fmt: skip
+    return {"work": work, "out_dir": out_dir, "log": log}
+
+
+def test_tiny_training_run(trained):
+    out_dir, log = trained["out_dir"], trained["log"]
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
     assert "PET DEMO" in log
     # air-only slices dropped and counted: 3 training volumes of 16 slices, 2 air-only each
@@ -83,12 +90,36 @@ def test_tiny_training_run(tmp_path):
     assert history[-1]["lr"] == pytest.approx(1e-6)
 
 
-def test_ddp_two_processes_gloo_on_cpu(tmp_path):
+def test_evaluation_per_slice_and_per_volume(trained):
+    out_dir, work = trained["out_dir"], trained["work"]
+    log = _bundle(
+        ["run", "evaluating", "--config_file", "['bundles/pet/train.json','bundles/pet/evaluate.json']",
+         "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8"],
+        work / "cache",
+    )  # fmt: skip
+    assert "Per-volume (1 volumes, 14 slices)" in log
+    ev = out_dir / "eval"
+    with open(ev / "per_slice.csv", newline="") as f:
+        slices = list(csv.DictReader(f))
+    assert [int(r["slice_index"]) for r in slices] == list(range(1, 15))  # slices 0 and 15 are air-only
+    with open(ev / "per_volume.csv", newline="") as f:
+        volumes = list(csv.DictReader(f))
+    assert len(volumes) == 1 and int(volumes[0]["num_slices"]) == 14 and "patient_003" in volumes[0]["volume"]
+    summary = json.loads((ev / "volume_summary.json").read_text())
+    assert summary["num_volumes"] == 1 and summary["num_slices"] == 14
+    # per-slice PSNR / SSIM agree with MONAI's metric handlers (the common evaluation summary)
+    common = json.loads((ev / "summary.json").read_text())["metrics"]
+    for mine, theirs in (("psnr", "val_psnr"), ("ssim", "val_ssim"), ("input_psnr", "input_psnr"), ("input_ssim", "input_ssim")):
+        assert summary["per_slice"][mine]["mean"] == pytest.approx(common[theirs]["mean"], abs=1e-3), mine
+    assert summary["per_volume"]["input_psnr"]["mean"] > 25  # DRF 12 input vs full count, data range = activity_scale
+
+
+def test_ddp_two_processes_gloo_on_cpu(trained, tmp_path):
     out_dir = tmp_path / "ddp"
     log = _bundle(
         ["run", "training", "--config_file", "['bundles/pet/train.json','bundles/pet/multi_gpu_train.json']",
-         "--output_dir", str(out_dir), "--region_cache_dir", str(tmp_path / "regions"), *TINY],
-        tmp_path / "cache",
+         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["work"] / "regions"), *TINY],
+        trained["work"] / "cache",
         launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
     )  # fmt: skip
     assert log.count("Validation at iteration") == 2, "the metric history must run on rank 0 only"
