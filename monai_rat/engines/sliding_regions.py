@@ -1,0 +1,73 @@
+"""Sliding-window inference with a whole-image region map: the map is cropped with each window.
+
+MONAI's ``sliding_window_inference`` crops a keyword argument named ``condition`` window by window,
+with the same slices (and the same padding) as the input, and passes it to the network. So the
+region map of a large image can be computed **once** for the whole image (through the region cache)
+and reach RAT cropped consistently with every window: :class:`ConditionRegionsNetwork` turns
+``network(x, condition=regions)`` into ``network(x, regions)`` (the map repeated over the input's
+channels, as ``sliding_window_inference`` requires ``condition`` to match the input's shape). With
+``PrepareBatchExtraInput({"condition": "regions"})`` and a ``SlidingWindowInferer`` (overlapping
+windows blended, e.g. ``mode="gaussian"``), the pathology bundle restores images of any size with
+memory bounded by the window for the network (the full-size image, region map and output
+accumulators are kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ConditionRegionsNetwork"]
+
+
+class ConditionRegionsNetwork(nn.Module):
+    """Call ``network(x, regions)`` where MONAI's sliding window calls ``network(x, condition=regions_window)``.
+
+    ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no prefix), so it loads the same
+    ``model.pt`` as the bare network.
+
+    Args:
+        network: a module ``network(x, regions)``.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore ``x`` with the region labels in ``condition``.
+
+        Args:
+            x: ``(B, C, H, W)`` window batch.
+            condition: ``(B, K, H, W)`` region labels of the same windows (any numeric dtype; rounded); MONAI's
+                sliding window requires ``condition`` to have the input's channel count, so the map is
+                repeated over channels (``RepeatChanneld``) and only its first channel is used here.
+
+        Raises:
+            ValueError: when ``condition`` is missing or its spatial shape differs from ``x``'s.
+        """
+        if condition is None:
+            raise ValueError(
+                "ConditionRegionsNetwork needs the region map as `condition` (PrepareBatchExtraInput({'condition': 'regions'}))."
+            )
+        if condition.shape[0] != x.shape[0] or condition.shape[2:] != x.shape[2:]:
+            raise ValueError(f"ConditionRegionsNetwork: condition shape {tuple(condition.shape)} does not match input {tuple(x.shape)}.")
+        regions = condition[:, :1]
+        regions = regions if not torch.is_floating_point(regions) else regions.round()
+        return self.network(x, regions.long())
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped network's ``state_dict``."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a bare network's ``state_dict`` into the wrapped network.
+
+        Args:
+            state_dict: the bare network's state dict.
+            strict: as ``torch.nn.Module.load_state_dict``.
+            assign: as ``torch.nn.Module.load_state_dict``.
+        """
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -1,0 +1,48 @@
+"""ConditionRegionsNetwork: the whole-image region map reaches each sliding window cropped like the input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from monai_rat.engines.sliding_regions import ConditionRegionsNetwork
+
+
+class _Probe(nn.Module):
+    """Returns its input and checks that the regions equal the window's first channel (the map was the image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x, regions):
+        assert regions.dtype == torch.long and regions.shape == (x.shape[0], 1, *x.shape[2:])
+        torch.testing.assert_close(regions.float(), x[:, :1])
+        self.calls += 1
+        return x * self.weight
+
+
+@pytest.mark.parametrize("size, roi", [((70, 90), (32, 32)), ((20, 24), (32, 32))])  # larger and smaller than the window
+def test_region_crop_alignment_and_seamless_blend(size, roi):
+    regions = torch.randint(0, 50, (1, 1, *size))
+    image = regions.float().repeat(1, 3, 1, 1)  # the image *is* the map: any misaligned crop would show
+    probe = _Probe()
+    out = SlidingWindowInferer(roi_size=roi, overlap=0.25, mode="gaussian", sw_batch_size=2)(
+        image, ConditionRegionsNetwork(probe), condition=regions.repeat(1, 3, 1, 1)
+    )
+    assert probe.calls > 0
+    torch.testing.assert_close(out, image)  # identity windows blended back exactly: no seams
+
+
+def test_errors_and_state_dict():
+    net = ConditionRegionsNetwork(_Probe())
+    with pytest.raises(ValueError, match="condition"):
+        net(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="does not match"):
+        net(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 4))
+    assert list(net.state_dict()) == ["weight"]
+    net.load_state_dict({"weight": torch.full((1,), 2.0)})
+    assert float(net.network.weight) == 2.0
