@@ -137,3 +137,13 @@ def test_sliding_window_inference_any_size_png(trained, tmp_path):
     # the restored image lines up with the input (the model starts near the identity: global residual)
     corr = np.corrcoef(out.astype(float).ravel(), src.astype(float).ravel())[0, 1]
     assert corr > 0.8, corr
+
+
+def test_verify_net_in_out(trained):
+    """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
+    log = _bundle(
+        ["verify_net_in_out", "network_def", "--meta_file", "bundles/pathology/configs/metadata.json", "--config_file",
+         "bundles/pathology/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
+        trained["work"] / "cache",
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in log

@@ -154,3 +154,13 @@ def test_ddp_two_processes_gloo_on_cpu(trained, tmp_path):
     state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4
     assert not any(k.startswith("module.") for k in state["network"]), "the checkpoint must hold the bare network"
+
+
+def test_verify_net_in_out(trained):
+    """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
+    log = _bundle(
+        ["verify_net_in_out", "network_def", "--meta_file", "bundles/pet/configs/metadata.json", "--config_file",
+         "bundles/pet/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
+        trained["work"] / "cache",
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in log

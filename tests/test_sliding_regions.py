@@ -43,6 +43,11 @@ def test_errors_and_state_dict():
         net(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="does not match"):
         net(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 4))
+    with pytest.raises(ValueError, match="partition"):
+        ConditionRegionsNetwork(_Probe(), partition="superpixels")
+    # image only: the partition makes the map (here: the image's first channel, so the probe's check holds)
+    image = torch.randint(0, 5, (2, 1, 8, 8)).float().repeat(1, 3, 1, 1)
+    torch.testing.assert_close(ConditionRegionsNetwork(_Probe(), partition=lambda x: x[:1].long())(image), image)
     assert list(net.state_dict()) == ["weight"]
     net.load_state_dict({"weight": torch.full((1,), 2.0)})
     assert float(net.network.weight) == 2.0

@@ -26,15 +26,24 @@ class ConditionRegionsNetwork(nn.Module):
     """Call ``network(x, regions)`` where MONAI's sliding window calls ``network(x, condition=regions_window)``.
 
     ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no prefix), so it loads the same
-    ``model.pt`` as the bare network.
+    ``model.pt`` as the bare network. Called with the image only (MONAI's ``verify_net_in_out``, or
+    tools that feed one tensor), it makes the map with ``partition`` when one is given.
 
     Args:
         network: a module ``network(x, regions)``.
+        partition: optional callable ``image (C, H, W) -> regions (1, H, W)`` (e.g.
+            ``monai_rat.transforms.RegionPartition``) used when no ``condition`` is passed.
+
+    Raises:
+        ValueError: when ``partition`` is given but not callable.
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, partition: Any = None) -> None:
         super().__init__()
+        if partition is not None and not callable(partition):
+            raise ValueError(f"ConditionRegionsNetwork: `partition` must be a callable image -> regions, got {partition!r}.")
         self.network = network
+        self.partition = partition
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Restore ``x`` with the region labels in ``condition``.
@@ -46,8 +55,12 @@ class ConditionRegionsNetwork(nn.Module):
                 repeated over channels (``RepeatChanneld``) and only its first channel is used here.
 
         Raises:
-            ValueError: when ``condition`` is missing or its spatial shape differs from ``x``'s.
+            ValueError: when ``condition`` is missing and there is no ``partition``, or its spatial shape
+                differs from ``x``'s.
         """
+        if condition is None and self.partition is not None:
+            maps = [torch.as_tensor(self.partition(x[i].detach().cpu())) for i in range(x.shape[0])]
+            condition = torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
         if condition is None:
             raise ValueError(
                 "ConditionRegionsNetwork needs the region map as `condition` (PrepareBatchExtraInput({'condition': 'regions'}))."
