@@ -31,11 +31,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from monai_rat.data.demo_folder import DATALIST, build_folder_atomically, load_demo_datalist
 
 __all__ = ["make_ct_demo", "ellipse_phantom", "default_cache_dir", "CT_DEMO_VERSION"]
 
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: bump when the builder's output changes, so that older builds are not reused.
 CT_DEMO_VERSION = 1
-_DATALIST = "datalist.json"
 
 
 def default_cache_dir() -> Path:
@@ -191,8 +190,8 @@ def make_ct_demo(
     }
     root = Path(root_dir).expanduser() if root_dir not in (None, "") else default_cache_dir()
     final = root / f"ct_demo_{_settings_key(settings)}"
-    if (final / _DATALIST).is_file():
-        out = _load_datalist(final)
+    if (final / DATALIST).is_file():
+        out = load_demo_datalist(final)
         missing = [it[k] for it in out["training"] + out["validation"] for k in ("image", "label") if not os.path.isfile(it[k])]
         if not missing:
             logger.info("CT demo data: reusing %s", final)
@@ -200,38 +199,10 @@ def make_ct_demo(
         logger.warning("CT demo data: %d file(s) of %s are missing (first: %s); rebuilding it.", len(missing), final, missing[0])
         shutil.rmtree(final, ignore_errors=True)
 
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     logger.info("CT demo data: building %d training + %d validation pairs (%d x %d, %g dose) in %s ...",
                 num_train, num_val, image_size, image_size, dose_fraction, final)
-    tmp = Path(tempfile.mkdtemp(prefix=".ct_demo_tmp_", dir=root))
-    try:
-        datalist = _build(tmp, settings, SimulateLowDoseCT)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / _DATALIST).is_file():  # another process finished first: use its copy
-                logger.info("CT demo data: %s was built concurrently; using it.", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("CT demo data: built in %.1f s: %s", time.perf_counter() - t0, final)
-    return _load_datalist(final)
-
-
-def _load_datalist(folder: Path) -> dict:
-    with open(folder / _DATALIST) as f:
-        rel = json.load(f)
-    out = {}
-    for split in ("training", "validation"):
-        out[split] = [
-            {**item, "image": str(folder / item["image"]), "label": str(folder / item["label"])} for item in rel[split]
-        ]
-    out["test"] = [dict(item) for item in out["validation"]]
-    return out
+    build_folder_atomically(final, "CT demo data", ".ct_demo_tmp_", lambda tmp: _build(tmp, settings, SimulateLowDoseCT))
+    return load_demo_datalist(final)
 
 
 def _build(folder: Path, s: dict, simulator_cls) -> dict:
@@ -282,6 +253,6 @@ def _build(folder: Path, s: dict, simulator_cls) -> dict:
             "image = simulated low dose (low_dose/), label = noise-free reconstruction of the same source (full_dose/),\n"
             "float32 NIfTI in HU. Settings:\n" + json.dumps(s, indent=2) + "\n"
         )
-    with open(folder / _DATALIST, "w") as f:
+    with open(folder / DATALIST, "w") as f:
         json.dump({**datalist, "settings": s}, f, indent=1)
     return datalist

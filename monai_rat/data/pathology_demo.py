@@ -24,11 +24,11 @@ import logging
 import os
 import random
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from monai_rat.data.demo_folder import DATALIST, build_folder_atomically, load_demo_datalist
 
 __all__ = [
     "make_pathology_demo",
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 PATHOLOGY_DEMO_VERSION = 1
 #: the image files a pathology folder may hold.
 PATHOLOGY_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-_DATALIST = "datalist.json"
 _MEMO: dict = {}
 _FOLDER_LAYOUT = f"""a folder of high-quality RGB images ({', '.join(PATHOLOGY_EXTENSIONS)}), either
   <dataset_dir>/train/*.png and <dataset_dir>/test/*.png   (the split as given), or
@@ -79,32 +78,16 @@ def make_pathology_demo(root_dir: str | os.PathLike | None = None, tile_size: in
     settings = {"version": PATHOLOGY_DEMO_VERSION, "tile_size": int(tile_size)}
     root = Path(root_dir).expanduser() if root_dir not in (None, "") else default_cache_dir()
     final = root / f"pathology_demo_{hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]}"
-    if (final / _DATALIST).is_file():
-        out = _load(final)
+    if (final / DATALIST).is_file():
+        out = load_demo_datalist(final, path_keys=("image",))
         missing = [it["image"] for it in out["training"] + out["validation"] if not os.path.isfile(it["image"])]
         if not missing:
             logger.info("Pathology demo data: reusing %s", final)
             return out
         logger.warning("Pathology demo data: %d file(s) of %s are missing (first: %s); rebuilding it.", len(missing), final, missing[0])
         shutil.rmtree(final, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=".pathology_demo_tmp_", dir=root))
-    try:
-        _build(tmp, settings)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / _DATALIST).is_file():
-                logger.info("Pathology demo data: %s was built concurrently; using it.", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("Pathology demo data: built in %.1f s: %s", time.perf_counter() - t0, final)
-    return _load(final)
+    build_folder_atomically(final, "Pathology demo data", ".pathology_demo_tmp_", lambda tmp: _build(tmp, settings))
+    return load_demo_datalist(final, path_keys=("image",))
 
 
 def _build(folder: Path, s: dict) -> None:
@@ -127,16 +110,8 @@ def _build(folder: Path, s: dict) -> None:
             "High-quality RGB tiles of scikit-image's ihc.png; the low-quality input is made on the fly (4x bicubic).\n"
             "Settings:\n" + json.dumps(s, indent=2) + "\n"
         )
-    with open(folder / _DATALIST, "w") as f:
+    with open(folder / DATALIST, "w") as f:
         json.dump({**datalist, "settings": s}, f, indent=1)
-
-
-def _load(folder: Path) -> dict:
-    with open(folder / _DATALIST) as f:
-        rel = json.load(f)
-    out = {split: [{**it, "image": str(folder / it["image"])} for it in rel[split]] for split in ("training", "validation")}
-    out["test"] = copy.deepcopy(out["validation"])
-    return out
 
 
 def _image_size(path: Path) -> tuple[int, int]:

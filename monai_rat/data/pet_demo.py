@@ -28,11 +28,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from monai_rat.data.demo_folder import DATALIST, build_folder_atomically, load_demo_datalist
 
 __all__ = ["make_pet_demo", "pet_activity_phantoms", "PET_DEMO_VERSION", "PET_UPTAKE_RATIOS"]
 
@@ -43,7 +43,6 @@ PET_DEMO_VERSION = 1
 #: uptake per MR intensity class (darkest to brightest) for the MR_small-based activity maps.
 PET_UPTAKE_RATIOS = (0.05, 0.3, 1.0, 1.3)
 _LESION_UPTAKE = 2.0
-_DATALIST = "datalist.json"
 
 
 def _mr_small_activity(size: int) -> np.ndarray:
@@ -198,8 +197,8 @@ def make_pet_demo(
     root = Path(root_dir).expanduser() if root_dir not in (None, "") else default_cache_dir()
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     final = root / f"pet_demo_{key}"
-    if (final / _DATALIST).is_file():
-        out = _load_datalist(final)
+    if (final / DATALIST).is_file():
+        out = load_demo_datalist(final)
         missing = [it[k] for it in out["training"] + out["validation"] for k in ("image", "label") if not os.path.isfile(it[k])]
         if not missing:
             logger.info("PET demo data: reusing %s", final)
@@ -217,38 +216,10 @@ def make_pet_demo(
         output="both",
     )
     phantoms = pet_activity_phantoms(num_patients, image_size, num_slices, seed)
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     logger.info("PET demo data: building %d patients (%d x %d x %d, DRF %g) in %s ...",
                 num_patients, image_size, image_size, num_slices, dose_reduction_factor, final)
-    tmp = Path(tempfile.mkdtemp(prefix=".pet_demo_tmp_", dir=root))
-    try:
-        _build(tmp, settings, phantoms, sim)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / _DATALIST).is_file():  # another process finished first: use its copy
-                logger.info("PET demo data: %s was built concurrently; using it.", final)
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("PET demo data: built in %.1f s: %s", time.perf_counter() - t0, final)
-    return _load_datalist(final)
-
-
-def _load_datalist(folder: Path) -> dict:
-    with open(folder / _DATALIST) as f:
-        rel = json.load(f)
-    out = {}
-    for split in ("training", "validation"):
-        out[split] = [
-            {**item, "image": str(folder / item["image"]), "label": str(folder / item["label"])} for item in rel[split]
-        ]
-    out["test"] = [dict(item) for item in out["validation"]]
-    return out
+    build_folder_atomically(final, "PET demo data", ".pet_demo_tmp_", lambda tmp: _build(tmp, settings, phantoms, sim))
+    return load_demo_datalist(final)
 
 
 def _build(folder: Path, s: dict, phantoms: list, sim) -> None:
@@ -274,5 +245,5 @@ def _build(folder: Path, s: dict, phantoms: list, sim) -> None:
             "activity and counts (full_dose/), float32 3D NIfTI in activity units. Settings:\n"
             + json.dumps(s, indent=2) + "\n"
         )
-    with open(folder / _DATALIST, "w") as f:
+    with open(folder / DATALIST, "w") as f:
         json.dump({**datalist, "settings": s}, f, indent=1)
