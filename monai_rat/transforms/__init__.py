@@ -15,3 +15,4 @@ from .partition import (
 from .simulate_ct import SimulateLowDoseCT, SimulateLowDoseCTd, SimulateLowDoseCTD, SimulateLowDoseCTDict
 from .simulate_pet import SimulateLowCountPET, SimulateLowCountPETd, SimulateLowCountPETD, SimulateLowCountPETDict, osem_reconstruct
 from .degrade import BicubicDegrade, BicubicDegradeD, BicubicDegradeDict, BicubicDegraded
+from .pet_intensity import PETIntensityd, PETIntensityD, PETIntensityDict, pet_intensity_factor, suv_info_from_sidecar
