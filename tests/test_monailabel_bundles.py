@@ -193,3 +193,28 @@ def test_nrrd_input_as_3d_slicer_may_send_it(tmp_path):
     np.testing.assert_allclose(np.asarray(out.dataobj), vol.transpose(2, 1, 0))
     np.testing.assert_allclose(out.affine[:3, 3], [-10.0, 20.0, 30.0], atol=1e-5)  # LPS origin in RAS
     np.testing.assert_allclose(np.abs(np.diag(out.affine)[:3]), [0.5, 0.6, 2.0], atol=1e-6)
+
+
+def test_pet_bundle_serves_from_any_working_directory_in_the_input_units(tmp_path, monkeypatch):
+    """The PET bundle's '%bundles/common' macros resolve from another working directory; its per-slice app
+    transforms normalise by SUV (sidecar) and Invertd brings the prediction back to Bq/mL."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    net = RAT(in_channels=1, out_channels=1, feature_size=8).eval()
+    torch.save(net.state_dict(), tmp_path / "pet.pt")
+    b = RATBundle("pet", REPO / "bundles" / "pet", {"feature_size": 8, "ckpt_path": str(tmp_path / "pet.pt"),
+                                                    "region_cache_dir": str(tmp_path / "regions")})  # fmt: skip
+    vol = np.random.default_rng(0).uniform(0, 9000, (24, 28, 2)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "p.nii.gz"))
+    (tmp_path / "p.json").write_text(json.dumps({"InjectedRadioactivity": 300, "BodyWeight": 70}))
+    img, kind = load_input(tmp_path / "p.nii.gz")
+    out = SlicePipeline(b).restore(img, kind)
+    factor = 70_000 / 300e6 / 10.0  # SUV / suv_scale per Bq/mL
+    for k in range(2):
+        x = torch.from_numpy(vol[..., k] * factor)[None]
+        r = torch.as_tensor(np.asarray(RegionPartition(method="auto", window=(0, 1))(x))).long()[None]
+        with torch.no_grad():
+            want = net(x[None], r)[0, 0] / factor
+        torch.testing.assert_close(out[0, ..., k].as_tensor(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

@@ -206,6 +206,19 @@ class RATBundle:
         parser = ConfigParser()
         parser.read_config(str(self.config_file))
         parser.read_meta(str(self.meta_file))
+        # "%bundles/common/..." macros name files relative to the repository root (the bundles' parent's parent);
+        # resolve them now, from there, so the server works from any working directory
+        cwd = os.getcwd()
+        try:
+            os.chdir(self.bundle_dir.parent.parent)
+            parser.resolve_macro_and_relative_ids()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"Bundle {name!r}: a '%' macro of {self.config_file} names a missing file ({e}); macro paths are relative "
+                f"to {self.bundle_dir.parent.parent} (the folder that holds bundles/)."
+            ) from e
+        finally:
+            os.chdir(cwd)
         parser["bundle_root"] = str(self.bundle_dir)
         for cid, value in self.overrides.items():
             try:
@@ -286,17 +299,26 @@ class RATBundle:
         return net.to(device).eval()
 
     def preprocessing(self) -> list[Callable]:
-        """The bundle's ``preprocessing`` transforms after loading (the app loads the image itself)."""
-        return [t for t in self._transforms("preprocessing") if not _is_loader(t)]
+        """The per-slice transforms after loading (the app loads the image itself).
+
+        A bundle whose ``preprocessing`` works on whole volumes or whole images (PET: 3D padding for
+        ``SliceInferer``; pathology: the map repeated for ``SlidingWindowInferer``) gives the 2D per-slice
+        version as ``app_preprocessing``; otherwise ``preprocessing`` is used without its loaders.
+        """
+        cid = "app_preprocessing" if "app_preprocessing" in self.parser else "preprocessing"
+        return [t for t in self._transforms(cid) if not _is_loader(t)]
 
     def postprocessing(self) -> list[Callable]:
-        """The bundle's ``postprocessing`` transforms without the file writers (the app writes the result)."""
-        return [t for t in self._transforms("postprocessing") if not _is_saver(t)]
+        """The per-slice transforms after the network (``app_postprocessing`` when the bundle has one), without writers."""
+        cid = "app_postprocessing" if "app_postprocessing" in self.parser else "postprocessing"
+        return [t for t in self._transforms(cid) if not _is_saver(t)]
 
     def _transforms(self, cid: str) -> list[Callable]:
         if cid not in self.parser:
             return []
-        comp = self.parser.get_parsed_content(cid, lazy=False)
+        # lazy: pre- and postprocessing share one resolved config, so an Invertd in the postprocessing holds the very
+        # transform instances that ran (MONAI checks the instance when inverting)
+        comp = self.parser.get_parsed_content(cid, lazy=True)
         ts = getattr(comp, "transforms", comp)
         return list(ts) if isinstance(ts, (list, tuple)) else [ts]
 

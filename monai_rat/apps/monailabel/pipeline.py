@@ -198,6 +198,8 @@ class SlicePipeline:
             CheckpointError: when the model has no usable checkpoint.
             InputError: when the bundle's preprocessing rejects a slice.
         """
+        from monai.data import MetaTensor
+
         net = self.network()
         parts = []
         for sl in self._slices(img):
@@ -207,8 +209,8 @@ class SlicePipeline:
             r = d[self.bundle.regions_key]
             r = (r.as_tensor() if hasattr(r, "as_tensor") else torch.as_tensor(r))[None].to(self.device).long()
             with torch.inference_mode():
-                y = net(x, regions=r)
-            d["pred"] = y[0].detach().cpu()
+                y = net(x, r)  # RegionMapNetwork(x, regions) and ConditionRegionsNetwork(x, condition) alike
+            d["pred"] = MetaTensor(y[0].detach().cpu())  # a MetaTensor, as MONAI engines give, so Invertd can follow "image"
             for t in self.post:
                 d = t(d)
             p = d["pred"]
