@@ -14,8 +14,9 @@ from .ct_transforms import (
 )
 from .dicom_writer import SaveAsDICOM, SaveAsDICOMD, SaveAsDICOMd, SaveAsDICOMDict, write_dicom_slice
 from .pet_demo import PET_DEMO_VERSION, PET_UPTAKE_RATIOS, make_pet_demo, pet_activity_phantoms
-from .pet_data import PETSliceDataset, VolumeToSlicesD, VolumeToSlicesDict, VolumeToSlicesd, pet_datalist, pet_volume_pairs
+from .pet_data import PET_DATA_HINT, PETSliceDataset, VolumeToSlicesD, VolumeToSlicesDict, VolumeToSlicesd, pet_datalist, pet_volume_pairs
 from .pathology_demo import (
+    PATHOLOGY_DATA_HINT,
     PATHOLOGY_DEMO_VERSION,
     PATHOLOGY_EXTENSIONS,
     make_pathology_demo,

@@ -31,6 +31,7 @@ import numpy as np
 from monai_rat.data.demo_folder import DATALIST, build_folder_atomically, load_demo_datalist
 
 __all__ = [
+    "PATHOLOGY_DATA_HINT",
     "make_pathology_demo",
     "pathology_datalist",
     "pathology_image_files",
@@ -45,6 +46,11 @@ logger = logging.getLogger(__name__)
 PATHOLOGY_DEMO_VERSION = 1
 #: the image files a pathology folder may hold.
 PATHOLOGY_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: what the pathology bundle's ``--dataset_dir`` accepts, for the advice in the log (demo data, schedule).
+PATHOLOGY_DATA_HINT = (
+    f"a folder of high-quality RGB images ({', '.join(PATHOLOGY_EXTENSIONS)}; in train/ and test/ sub-folders, or in "
+    'one folder, split at random), or a MONAI datalist .json listing them as {"image": ...}'
+)
 _MEMO: dict = {}
 _FOLDER_LAYOUT = f"""a folder of high-quality RGB images ({', '.join(PATHOLOGY_EXTENSIONS)}), either
   <dataset_dir>/train/*.png and <dataset_dir>/test/*.png   (the split as given), or
@@ -194,8 +200,8 @@ def _pathology_datalist(dataset_dir, cache_dir, min_size, val_fraction, seed, **
         logger.warning(
             "No dataset_dir given: using the built-in PATHOLOGY DEMO tiles (%d training / %d validation tiles of "
             "scikit-image's ihc.png; see monai_rat.data.make_pathology_demo). To train on real data pass "
-            "--dataset_dir /path/to/images (train/ and test/ sub-folders, or one folder) or a datalist .json.",
-            len(out["training"]), len(out["validation"]),
+            "--dataset_dir with %s.",
+            len(out["training"]), len(out["validation"]), PATHOLOGY_DATA_HINT,
         )
     else:
         if kwargs:

@@ -28,10 +28,15 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["pet_datalist", "pet_volume_pairs", "VolumeToSlicesd", "VolumeToSlicesD", "VolumeToSlicesDict", "PETSliceDataset"]
+__all__ = ["PET_DATA_HINT", "pet_datalist", "pet_volume_pairs", "VolumeToSlicesd", "VolumeToSlicesD", "VolumeToSlicesDict", "PETSliceDataset"]
 
 logger = logging.getLogger(__name__)
 
+#: what the PET bundle's ``--dataset_dir`` accepts, for the advice in the log (demo data, schedule).
+PET_DATA_HINT = (
+    "a folder with low_dose/ and full_dose/ sub-folders of NIfTI volumes (.nii, .nii.gz) with the same file "
+    'names, or a MONAI datalist .json of {"image": low dose, "label": full dose} volume pairs'
+)
 _MEMO: dict = {}
 _NIFTI = (".nii", ".nii.gz")
 _FOLDER_LAYOUT = """a folder of paired NIfTI volumes:
@@ -155,9 +160,8 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
         logger.warning(
             "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation patients, simulated "
             "low-count PET at DRF %s from pydicom's MR_small.dcm and the Shepp-Logan phantom; see "
-            "monai_rat.data.make_pet_demo). To train on real data pass --dataset_dir /path/to/folder (low_dose/ and "
-            "full_dose/ NIfTI volumes) or --dataset_dir /path/to/datalist.json.",
-            len(out["training"]), len(out["validation"]), kwargs.get("dose_reduction_factor", 12),
+            "monai_rat.data.make_pet_demo). To train on real data pass --dataset_dir with %s.",
+            len(out["training"]), len(out["validation"]), kwargs.get("dose_reduction_factor", 12), PET_DATA_HINT,
         )
         return out
     if kwargs:

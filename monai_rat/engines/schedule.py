@@ -6,9 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["select_schedule", "validation_rounds"]
+__all__ = ["CT_DATA_HINT", "select_schedule", "validation_rounds"]
 
 logger = logging.getLogger("monai_rat.bundle")
+
+#: what the CT bundle's ``--dataset_dir`` accepts (select_schedule's default ``data_hint``).
+CT_DATA_HINT = "the AAPM Low-Dose CT Grand Challenge folder or a MONAI datalist .json"
 
 
 def select_schedule(
@@ -18,10 +21,12 @@ def select_schedule(
     real: str = "paper",
     demo: str = "demo",
     bundle: str = "bundles/ct",
+    data_hint: str = CT_DATA_HINT,
 ) -> dict:
     """Return ``schedules[name]``, choosing ``demo`` when no ``dataset_dir`` is given, and log the choice.
 
-    In demo mode the log also says how to train on real data instead.
+    In demo mode the log also says how to train on real data instead: the command, what
+    ``--dataset_dir`` must point at (``data_hint``) and the bundle's README.
 
     Args:
         schedules: ``{name: {"num_iterations": ..., "patch_size": ..., ...}}``.
@@ -30,6 +35,9 @@ def select_schedule(
         real: the schedule used with a ``dataset_dir``.
         demo: the schedule used without one.
         bundle: the bundle folder, for the printed command.
+        data_hint: what ``--dataset_dir`` accepts, for the printed advice (default the CT bundle's;
+            the PET and pathology bundles pass ``monai_rat.data.PET_DATA_HINT`` /
+            ``monai_rat.data.PATHOLOGY_DATA_HINT``).
 
     Raises:
         KeyError: when the chosen name is not in ``schedules``.
@@ -44,8 +52,7 @@ def select_schedule(
         logger.info(
             "Training on the built-in demo data (downloads nothing). To train on real data: "
             f"python -m monai.bundle run training --config_file {bundle}/train.json --dataset_dir /path/to/data "
-            "(the AAPM Low-Dose CT Grand Challenge folder or a MONAI datalist .json; see "
-            f"{bundle}/docs/README.md)."
+            f"({data_hint}; see {bundle}/docs/README.md)."
         )
     return sched
 
