@@ -19,38 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--num_iterations", "4",
-    "--val_interval", "2",
-    "--log_interval", "1",
-    "--batch_size", "2",
-    "--patch_size", "[32,32]",
-    "--feature_size", "8",
-]  # fmt: skip
-
-
-def _env(cache: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        MONAI_RAT_CACHE=str(cache),
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
-
-
-def _bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None) -> str:
-    """Run ``python -m monai.bundle <args>`` from the repository root; return its output, fail with it."""
-    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
-    return out
+from bundle_helpers import ROOT, TINY, bundle_env, run_bundle
 
 
 def _rows(path: Path) -> list[dict]:
@@ -67,7 +36,7 @@ def work(tmp_path_factory) -> Path:
 def trained(work: Path) -> dict:
     """Train the tiny bundle once with the user's command plus size overrides."""
     out_dir = work / "run"
-    out = _bundle(
+    out = run_bundle(
         ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
          "--region_cache_dir", str(work / "regions"), *TINY],
         work / "cache",
@@ -121,7 +90,7 @@ def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
         "validation": [dicom_pair],
     }))  # fmt: skip
     out_dir = work / "json_run"
-    log = _bundle(
+    log = run_bundle(
         ["run", "training", "--config_file", "bundles/ct/train.json", "--dataset_dir", str(datalist),
          "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]),
          *[("2" if prev == "--num_iterations" else a) for prev, a in zip([None, *TINY], TINY)],
@@ -144,12 +113,12 @@ def test_resume_continues_from_last_checkpoint(trained, work):
     args = ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
             "--region_cache_dir", str(trained["regions"]), *TINY]  # fmt: skip
     # same settings: the run had completed, so nothing is trained again
-    log = _bundle(args, trained["cache"])
+    log = run_bundle(args, trained["cache"])
     assert "Resumed from" in log and "at iteration 4" in log
     assert "Epoch: 1/" not in log and "Epoch: 3/" not in log
     # a longer schedule continues from iteration 4 (model, optimizer, scheduler and iteration restored)
     args[args.index("--num_iterations") + 1] = "8"
-    log = _bundle(args, trained["cache"])
+    log = run_bundle(args, trained["cache"])
     assert "Resumed from" in log and "at iteration 4" in log
     assert "Epoch: 3/4, Iter: 1/2" in log and "Epoch: 1/4" not in log
     after = torch.load(out_dir / "models" / "last.pt", weights_only=True)
@@ -164,7 +133,7 @@ def test_resume_continues_from_last_checkpoint(trained, work):
 
 def test_evaluation_reports_restored_and_input_scores(trained):
     out_dir = trained["out_dir"]
-    log = _bundle(
+    log = run_bundle(
         ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
          "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
         trained["cache"],
@@ -197,7 +166,7 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     nib.save(nib.Nifti1Image(hu[:100, :72].astype(np.float32), np.eye(4)), src / "odd.nii.gz")
     Image.fromarray(np.clip(hu[:90, :110] + 1024, 0, 65535).astype(np.uint16)).save(src / "slice.png")
     out_dir = work / "infer_out"
-    _bundle(
+    run_bundle(
         ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
          "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8",
          "--region_cache_dir", str(trained["regions"])],
@@ -219,11 +188,11 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
 def test_verify_net_in_out_and_torchscript_export(trained, work):
     common = ["--meta_file", "bundles/ct/configs/metadata.json", "--config_file", "bundles/ct/configs/inference.json",
               "--feature_size", "8", "--region_cache_dir", str(trained["regions"])]  # fmt: skip
-    log = _bundle(["verify_net_in_out", "network_def", *common], trained["cache"])
+    log = run_bundle(["verify_net_in_out", "network_def", *common], trained["cache"])
     assert "data shape of network is verified with no error" in log
     ts_path = work / "export" / "model.ts"
     ts_path.parent.mkdir()
-    _bundle(
+    run_bundle(
         ["ckpt_export", "network_export", "--filepath", str(ts_path), "--ckpt_file",
          str(trained["out_dir"] / "models" / "model.pt"), "--use_trace", "True", "--input_shape", "[1, 2, 32, 32]",
          *common],
@@ -272,7 +241,7 @@ def test_bundle_files_follow_the_spec_with_one_source_of_truth():
 
 def test_ddp_two_processes_gloo_on_cpu(work, trained):
     out_dir = work / "ddp"
-    log = _bundle(
+    log = run_bundle(
         ["run", "training", "--config_file", "['bundles/ct/train.json','bundles/ct/multi_gpu_train.json']",
          "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
         trained["cache"],
@@ -291,7 +260,7 @@ def test_ddp_two_processes_gloo_on_cpu(work, trained):
 )
 def test_mlflow_tracking(work, trained):
     out_dir = work / "mlflow"
-    _bundle(
+    run_bundle(
         ["run", "training", "--config_file", "bundles/ct/train.json", "--output_dir", str(out_dir),
          "--region_cache_dir", str(trained["regions"]), "--tracking", "mlflow", *TINY],
         trained["cache"],
@@ -307,11 +276,11 @@ def test_mlflow_tracking(work, trained):
 def test_bad_dataset_dir_and_iteration_count_fail_with_their_reason(work):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json",
            "--output_dir", str(work / "bad"), "--dataset_dir", str(work / "no_such_folder")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=bundle_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert f"dataset_dir '{work / 'no_such_folder'}' does not exist" in proc.stderr + proc.stdout
     cmd[-2:] = ["--num_iterations", "250"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(work / "cache"), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=bundle_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "num_iterations (250) must be a multiple of val_interval (60)" in proc.stderr + proc.stdout
     assert not (work / "bad" / "models" / "last.pt").exists()

@@ -5,34 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--num_iterations", "4",
-    "--val_interval", "2",
-    "--log_interval", "1",
-    "--batch_size", "2",
-    "--patch_size", "[32,32]",
-    "--feature_size", "8",
-]  # fmt: skip
-
-
-def _bundle(args: list[str], cache: Path, timeout: int = 300) -> str:
-    env = dict(os.environ)
-    env.update(MONAI_RAT_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
-    return out
+from bundle_helpers import ROOT, TINY, run_bundle
 
 
 def test_bundle_files_are_thin_links_and_share_common_config():
@@ -61,7 +38,7 @@ def test_bare_command_config_is_the_demo_schedule():
 def trained(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("bundle_pathology")
     out_dir = work / "run"
-    log = _bundle(
+    log = run_bundle(
         ["run", "training", "--config_file", "bundles/pathology/train.json", "--output_dir", str(out_dir),
          "--region_cache_dir", str(work / "regions"), *TINY],
         work / "cache",
@@ -105,7 +82,7 @@ def test_patch_size_is_the_datalist_min_size_and_overlay_resolves():
 
 def test_evaluation_whole_tiles_mean_and_std(trained):
     out_dir, work = trained["out_dir"], trained["work"]
-    log = _bundle(
+    log = run_bundle(
         ["run", "evaluating", "--config_file", "['bundles/pathology/train.json','bundles/pathology/evaluate.json']",
          "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8"],
         work / "cache",
@@ -126,7 +103,7 @@ def test_sliding_window_inference_any_size_png(trained, tmp_path):
     src = immunohistochemistry()[100:140, 200:256]
     (tmp_path / "in").mkdir()
     Image.fromarray(src).save(tmp_path / "in" / "tile.png")
-    log = _bundle(
+    log = run_bundle(
         ["run", "--config_file", "bundles/pathology/inference.json", "--input_path", str(tmp_path / "in"),
          "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8", "--roi_size", "[32,32]",
          "--output_dir", str(tmp_path / "out"), "--region_cache_dir", str(trained["work"] / "regions")],
@@ -141,7 +118,7 @@ def test_sliding_window_inference_any_size_png(trained, tmp_path):
 
 def test_verify_net_in_out(trained):
     """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
-    log = _bundle(
+    log = run_bundle(
         ["verify_net_in_out", "network_def", "--meta_file", "bundles/pathology/configs/metadata.json", "--config_file",
          "bundles/pathology/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
         trained["work"] / "cache",

@@ -5,34 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--num_iterations", "4",
-    "--val_interval", "2",
-    "--log_interval", "1",
-    "--batch_size", "2",
-    "--patch_size", "[32,32]",
-    "--feature_size", "8",
-]  # fmt: skip
-
-
-def _bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None) -> str:
-    env = dict(os.environ)
-    env.update(MONAI_RAT_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
-    return out
+from bundle_helpers import ROOT, TINY, run_bundle
 
 
 def test_bundle_files_are_thin_links_and_share_common_config():
@@ -61,7 +39,7 @@ def test_bare_command_config_is_the_demo_schedule():
 def trained(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("bundle_pet")
     out_dir = work / "run"
-    log = _bundle(
+    log = run_bundle(
         ["run", "training", "--config_file", "bundles/pet/train.json", "--output_dir", str(out_dir),
          "--region_cache_dir", str(work / "regions"), *TINY],
         work / "cache",
@@ -92,7 +70,7 @@ def test_tiny_training_run(trained):
 
 def test_evaluation_per_slice_and_per_volume(trained):
     out_dir, work = trained["out_dir"], trained["work"]
-    log = _bundle(
+    log = run_bundle(
         ["run", "evaluating", "--config_file", "['bundles/pet/train.json','bundles/pet/evaluate.json']",
          "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8"],
         work / "cache",
@@ -129,7 +107,7 @@ def test_inference_whole_volume_keeps_shape_and_affine(trained, tmp_path, axis):
     (tmp_path / "in").mkdir()
     nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "in" / "p1.nii.gz"))
     (tmp_path / "in" / "notes.txt").write_text("ignored")
-    _bundle(
+    run_bundle(
         ["run", "--config_file", "bundles/pet/inference.json", "--input_path", str(tmp_path / "in"),
          "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8",
          "--output_dir", str(tmp_path / "out"), "--region_cache_dir", str(work / "regions"), "--slice_axis", str(axis)],
@@ -144,7 +122,7 @@ def test_inference_whole_volume_keeps_shape_and_affine(trained, tmp_path, axis):
 
 def test_ddp_two_processes_gloo_on_cpu(trained, tmp_path):
     out_dir = tmp_path / "ddp"
-    log = _bundle(
+    log = run_bundle(
         ["run", "training", "--config_file", "['bundles/pet/train.json','bundles/pet/multi_gpu_train.json']",
          "--output_dir", str(out_dir), "--region_cache_dir", str(trained["work"] / "regions"), *TINY],
         trained["work"] / "cache",
@@ -158,7 +136,7 @@ def test_ddp_two_processes_gloo_on_cpu(trained, tmp_path):
 
 def test_verify_net_in_out(trained):
     """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
-    log = _bundle(
+    log = run_bundle(
         ["verify_net_in_out", "network_def", "--meta_file", "bundles/pet/configs/metadata.json", "--config_file",
          "bundles/pet/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
         trained["work"] / "cache",
