@@ -14,7 +14,23 @@ from .ct_transforms import (
 )
 from .dicom_writer import SaveAsDICOM, SaveAsDICOMD, SaveAsDICOMd, SaveAsDICOMDict, write_dicom_slice
 from .pet_demo import PET_DEMO_VERSION, PET_UPTAKE_RATIOS, make_pet_demo, pet_activity_phantoms
-from .pet_data import PET_DATA_HINT, PETSliceDataset, VolumeToSlicesD, VolumeToSlicesDict, VolumeToSlicesd, pet_datalist, pet_volume_pairs
+from .loading import (
+    NIFTI_SUFFIXES,
+    LoadImageChecked,
+    LoadImageCheckedD,
+    LoadImageCheckedd,
+    LoadImageCheckedDict,
+    read_image_header,
+)
+from .pet_data import (
+    PET_DATA_HINT,
+    PETSliceDataset,
+    VolumeToSlicesD,
+    VolumeToSlicesDict,
+    VolumeToSlicesd,
+    pet_datalist,
+    pet_volume_pairs,
+)
 from .pathology_demo import (
     PATHOLOGY_DATA_HINT,
     PATHOLOGY_DEMO_VERSION,
@@ -22,5 +38,6 @@ from .pathology_demo import (
     make_pathology_demo,
     pathology_datalist,
     pathology_image_files,
+    pathology_inference_datalist,
     pathology_load_transforms,
 )

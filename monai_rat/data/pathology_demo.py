@@ -35,6 +35,7 @@ __all__ = [
     "make_pathology_demo",
     "pathology_datalist",
     "pathology_image_files",
+    "pathology_inference_datalist",
     "pathology_load_transforms",
     "PATHOLOGY_DEMO_VERSION",
     "PATHOLOGY_EXTENSIONS",
@@ -120,14 +121,13 @@ def _build(folder: Path, s: dict) -> None:
         json.dump({**datalist, "settings": s}, f, indent=1)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+def _image_size(path: Path, where: str = "pathology_datalist") -> tuple[int, int]:
+    from monai_rat.data.loading import read_image_header
 
     try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]  # (H, W)
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, ...
-        raise ValueError(f"pathology_datalist: {str(path)!r} is not a readable image ({e}).") from e
+        return read_image_header(path)[:2]  # (H, W)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{where}: {e}") from e
 
 
 def pathology_image_files(folder: str | os.PathLike) -> list[Path]:
@@ -151,6 +151,36 @@ def pathology_image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def pathology_inference_datalist(input_path: str | os.PathLike) -> list[dict]:
+    """The pathology bundle's inference inputs: one image file, or the image files directly in a folder.
+
+    Every file's header is read (:func:`monai_rat.data.read_image_header`), so that a file that is not
+    a readable image fails here, named, before the model is loaded.
+
+    Args:
+        input_path: an image file (any name PIL reads; folders list :data:`PATHOLOGY_EXTENSIONS`) or a
+            folder.
+
+    Returns:
+        ``[{"image": path}, ...]`` sorted by path.
+
+    Raises:
+        ValueError: when ``input_path`` is empty or a file's header cannot be read (it is named).
+        FileNotFoundError: when ``input_path`` does not exist, or a folder holds no image file.
+    """
+    if input_path is None or str(input_path).strip() == "":
+        raise ValueError(
+            f"No input given: pass --input_path /path/to/image_or_folder (RGB {', '.join(PATHOLOGY_EXTENSIONS)})."
+        )
+    path = Path(input_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"input_path {str(path)!r} does not exist.")
+    files = pathology_image_files(path) if path.is_dir() else [path]
+    for f in files:
+        _image_size(f, where="input_path")
+    return [{"image": str(f)} for f in files]
+
+
 def pathology_datalist(
     dataset_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -165,11 +195,14 @@ def pathology_datalist(
       logged as a WARNING.
     - a folder with ``train/`` and ``test/`` sub-folders: that split ("validation" = "test" = ``test/``);
       a folder of images: a seeded random ``val_fraction`` (default the paper's 113 of 573) for validation.
-    - a ``.json``: a MONAI datalist with "training" and "validation" items holding "image".
+    - a ``.json``: a MONAI datalist with "training" and "validation" items holding "image" (the
+      high-quality image; an item with a "label" raises ``ValueError``: the pair is made on the fly).
 
     Every listed file is opened (header only) to check it is a readable image; with ``min_size``,
     images with a side smaller than it (e.g. the training patch size) raise ``ValueError`` naming
-    them, instead of failing later inside a random crop.
+    them, instead of failing later inside a random crop (nothing is padded). Voxel data that is
+    truncated or corrupt passes the header check; :func:`pathology_load_transforms` names the file
+    when it is read (the bundle's ``CacheDataset`` reads every file before training starts).
 
     Args:
         dataset_dir: None / "" (demo), a folder, or a ``.json``.
@@ -184,8 +217,8 @@ def pathology_datalist(
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` or a listed file does not exist, or a folder has no image.
-        ValueError: for an unreadable image, an image smaller than ``min_size``, a malformed JSON, a
-            split that leaves a side empty, or ``kwargs`` given for real data.
+        ValueError: for an unreadable image, an image smaller than ``min_size``, a malformed JSON or an
+            item with a "label", a split that leaves a side empty, or ``kwargs`` given for real data.
     """
     key = (str(dataset_dir), str(cache_dir), repr(min_size), float(val_fraction), int(seed),
            tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
@@ -238,8 +271,9 @@ def _pathology_datalist(dataset_dir, cache_dir, min_size, val_fraction, seed, **
                 too_small.append(f"{it['image']} ({h} x {w})")
     if too_small:
         raise ValueError(
-            f"pathology_datalist: {len(too_small)} image(s) have a side smaller than min_size={min_size} (the patch "
-            f"size?): {too_small[:5]}{' ...' if len(too_small) > 5 else ''}. Use a smaller patch or remove them."
+            f"pathology_datalist: {len(too_small)} image(s) (H x W) have a side smaller than min_size={min_size} (the "
+            f"training patch_size): {too_small[:5]}{' ...' if len(too_small) > 5 else ''}. No patch of that size can be "
+            "cropped from them; use a smaller --patch_size or remove them (nothing is padded)."
         )
     return out
 
@@ -259,6 +293,14 @@ def _from_json(path: Path) -> dict:
         for i, it in enumerate(raw[split]):
             if not isinstance(it, dict) or "image" not in it:
                 raise ValueError(f"pathology_datalist: {str(path)!r}: item {i} of {split!r} needs an 'image', got {it!r}.")
+            if "label" in it:
+                raise ValueError(
+                    f"pathology_datalist: {str(path)!r}: item {i} of {split!r} pairs image={it['image']!r} with "
+                    f"label={it['label']!r}, but a pathology datalist lists only the high-quality image, under "
+                    "'image': the low-quality input is made from it on the fly (4x bicubic down, then up to the same "
+                    "size), so the pair always matches and a given 'label' would be overwritten. List the high-quality "
+                    "file as 'image' and drop 'label' (training on given low/high-quality file pairs is not supported)."
+                )
             p = Path(it["image"])
             p = p if p.is_absolute() else path.parent / p
             if not p.is_file():
@@ -280,7 +322,8 @@ def _check_rgb(img):
 def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image", "label")) -> list:
     """MONAI transforms: read an RGB image, scale to [0, 1], copy to the target key, degrade the input key.
 
-    ``LoadImaged(image, ensure_channel_first=True)`` -> ``EnsureTyped(float32)`` -> a check that the
+    :class:`monai_rat.data.LoadImageCheckedd` (MONAI's ``LoadImaged(image, ensure_channel_first=True)``,
+    naming a file it cannot read) -> ``EnsureTyped(float32)`` -> a check that the
     image has 3 channels (RGB; grey or RGBA files raise ``ValueError`` naming the file) ->
     ``ScaleIntensityRanged(0..255 -> 0..1, clip=False)`` -> ``CopyItemsd(image -> label)`` ->
     :class:`monai_rat.transforms.BicubicDegraded` on "image" (``factor``, no clipping). MONAI's PIL
@@ -295,16 +338,18 @@ def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image",
         the list of transforms.
 
     Raises:
-        ValueError: when ``factor`` is invalid; at run time when an image is not RGB.
+        ValueError: when ``factor`` is invalid; at run time when an image is not RGB or cannot be read
+            (the file is named; MONAI's ``Compose`` wraps it in a ``RuntimeError``).
     """
     import torch
-    from monai.transforms import CopyItemsd, EnsureTyped, Lambdad, LoadImaged, ScaleIntensityRanged
+    from monai.transforms import CopyItemsd, EnsureTyped, Lambdad, ScaleIntensityRanged
 
+    from monai_rat.data.loading import LoadImageCheckedd
     from monai_rat.transforms.degrade import BicubicDegraded
 
     src, dst = keys
     return [
-        LoadImaged(src, image_only=True, ensure_channel_first=True),
+        LoadImageCheckedd(src, image_only=True, ensure_channel_first=True),
         EnsureTyped(src, dtype=torch.float32),
         Lambdad(src, _check_rgb),
         ScaleIntensityRanged(src, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=False),

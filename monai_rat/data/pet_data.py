@@ -52,6 +52,25 @@ def _stem(p: Path) -> str:
     return name
 
 
+def _check_nifti_pair(name: str, low: str | os.PathLike, full: str | os.PathLike, where: str = "pet_datalist") -> None:
+    """Read both NIfTI headers (no voxel data): readable, 3D, same shape; else raise naming the files."""
+    from monai_rat.data.loading import read_image_header
+
+    shapes = []
+    for path in (low, full):
+        try:
+            shapes.append(read_image_header(path))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"{where}: {name}: low_dose shape {shapes[0]} != full_dose shape {shapes[1]} "
+            f"({str(low)!r}, {str(full)!r}); a pair must have the same shape (same grid)."
+        )
+    if len(shapes[0]) != 3:
+        raise ValueError(f"{where}: {name}: expected a 3D volume, got shape {shapes[0]} ({str(low)!r}).")
+
+
 def pet_volume_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
     """Pair ``low_dose/<patient>.nii[.gz]`` with ``full_dose/<patient>.nii[.gz]`` by file name.
 
@@ -68,8 +87,6 @@ def pet_volume_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
         ValueError: when a patient is in one sub-folder only (all are named), or a pair's shapes differ,
             or a file is not a readable NIfTI (the file is named).
     """
-    import nibabel as nib
-
     root = Path(dataset_dir).expanduser()
     found = {}
     for sub in ("low_dose", "full_dose"):
@@ -89,19 +106,7 @@ def pet_volume_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
         )
     items = []
     for name in sorted(low):
-        shapes = []
-        for path in (low[name], full[name]):
-            try:
-                shapes.append(tuple(nib.load(str(path)).shape))
-            except Exception as e:  # nibabel raises several types for a corrupt header
-                raise ValueError(f"pet_datalist: {str(path)!r} is not a readable NIfTI file ({e}).") from e
-        if shapes[0] != shapes[1]:
-            raise ValueError(
-                f"pet_datalist: patient {name!r}: low_dose shape {shapes[0]} != full_dose shape {shapes[1]} "
-                f"({str(low[name])!r}, {str(full[name])!r})."
-            )
-        if len(shapes[0]) != 3:
-            raise ValueError(f"pet_datalist: patient {name!r}: expected a 3D volume, got shape {shapes[0]} ({str(low[name])!r}).")
+        _check_nifti_pair(f"patient {name!r}", low[name], full[name])
         items.append({"image": str(low[name]), "label": str(full[name]), "name": name})
     return items
 
@@ -122,7 +127,9 @@ def pet_datalist(
       split by patient: ``val_patients`` when given, else a seeded random ``val_fraction`` of the
       patients (default 25 / 115, the paper's 90 / 25 split; at least one patient each side).
     - a ``.json`` file: a MONAI datalist with "training" and "validation" of volume pairs
-      (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is.
+      (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is. Pairs of NIfTI
+      files are checked like a folder's (headers only: readable, 3D, same shape); other formats
+      are checked when :class:`PETSliceDataset` loads them.
 
     Memoised per process and arguments (a deep copy is returned).
 
@@ -141,8 +148,9 @@ def pet_datalist(
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` or a listed file does not exist.
-        ValueError: for unpaired or mismatched volumes, an unknown name in ``val_patients``, a split
-            that leaves a side empty, or ``kwargs`` given for real data.
+        ValueError: for unpaired or mismatched volumes or an unreadable NIfTI header (the files are
+            named), an unknown name in ``val_patients``, a split that leaves a side empty, or ``kwargs``
+            given for real data.
     """
     key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed),
            tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
@@ -169,6 +177,10 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
     path = Path(dataset_dir).expanduser()
     if path.suffix.lower() == ".json":
         out = load_paired_datalist(path)
+        for split in ("training", "validation"):
+            for i, it in enumerate(out[split]):
+                if all(str(it[k]).lower().endswith(_NIFTI) for k in ("image", "label")):  # other formats: at load
+                    _check_nifti_pair(f"{str(path)!r}: item {i} of {split!r}", it["image"], it["label"])
         logger.info("PET data: datalist %s: %d training / %d validation volumes.", path, len(out["training"]), len(out["validation"]))
         return out
     if not path.is_dir():
@@ -270,13 +282,16 @@ class VolumeToSlicesd(MapTransform):
         keys = [k for k in self.key_iterator(d)]
         ref = d[self.reference_key]
         shape = tuple(ref.shape)
-        name = str(getattr(ref, "meta", {}).get("filename_or_obj", "")) if hasattr(ref, "meta") else ""
+        name = _filename(ref)
         for k in keys + [self.reference_key]:
             s = tuple(d[k].shape)
             if len(s) != 4:
                 raise ValueError(f"VolumeToSlicesd: {k!r} must be a channel-first 3D volume (C, X, Y, Z), got shape {s} {name}.")
             if s[1:] != shape[1:]:
-                raise ValueError(f"VolumeToSlicesd: {k!r} has spatial shape {s[1:]}, {self.reference_key!r} has {shape[1:]} {name}.")
+                raise ValueError(
+                    f"VolumeToSlicesd: {k!r} has spatial shape {s[1:]} {_filename(d[k])}, {self.reference_key!r} has "
+                    f"{shape[1:]} {name}; the volumes of a pair must have the same shape."
+                )
         ref_np = convert_to_numpy(ref, dtype=np.float32)
         if np.isnan(ref_np).any():
             raise ValueError(f"VolumeToSlicesd: {self.reference_key!r} holds NaN values {name}.")
@@ -321,13 +336,32 @@ class VolumeToSlicesd(MapTransform):
 VolumeToSlicesD = VolumeToSlicesDict = VolumeToSlicesd
 
 
+def _filename(x) -> str:
+    return str(getattr(x, "meta", {}).get("filename_or_obj", "")) if hasattr(x, "meta") else ""
+
+
+def _pair_of_ints(value, what: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    v = [value, value] if isinstance(value, (int, np.integer)) else list(value)
+    if len(v) != 2 or not all(isinstance(x, (int, np.integer)) and x > 0 for x in v):
+        raise ValueError(f"PETSliceDataset: `{what}` must be a positive int or two of them (H, W), got {value!r}.")
+    return int(v[0]), int(v[1])
+
+
 class PETSliceDataset:
     """A map-style dataset of 2D slice pairs from 3D PET volume pairs, air-only slices dropped.
 
-    Loads every item of ``data`` once with ``LoadImaged(keys, ensure_channel_first=True)`` (float32),
-    slices it with :class:`VolumeToSlicesd` and keeps the slices in memory; ``transform`` (e.g.
-    normalisation, random crops and rotations) runs on each slice at access. The totals are logged
-    (INFO) and kept in ``counts`` (``{"volumes", "slices_total", "kept", "dropped_air"}``).
+    Loads every item of ``data`` once with :class:`monai_rat.data.LoadImageCheckedd` (MONAI's
+    ``LoadImaged(keys, ensure_channel_first=True)``, naming a file it cannot read; float32), slices it
+    with :class:`VolumeToSlicesd` and keeps the slices in memory; ``transform`` (e.g. normalisation,
+    random crops and rotations) runs on each slice at access. The totals are logged (INFO) and kept in
+    ``counts`` (``{"volumes", "slices_total", "kept", "dropped_air"}``).
+
+    With ``min_size`` (the training patch size), a volume whose slices are smaller than it along either
+    in-plane side raises ``ValueError`` naming the file and both sizes, here at construction; MONAI's
+    ``RandSpatialCropd`` would otherwise return a smaller patch without a word and the batch would fail
+    (or train on mixed sizes) later. Nothing is padded.
 
     Args:
         data: items ``{"image": low_dose_path, "label": full_dose_path, ...}`` (e.g. a split of
@@ -337,10 +371,15 @@ class PETSliceDataset:
         axis: slice axis, see :class:`VolumeToSlicesd` (default -1).
         air_threshold: see :class:`VolumeToSlicesd` (default 0.01).
         reference_key: see :class:`VolumeToSlicesd` (default "label").
+        min_size: the smallest allowed slice, ``(H, W)`` in the sliced volume's axis order or one int
+            for both (e.g. the training ``patch_size``); ``None`` (default): no check.
 
     Raises:
-        ValueError: as :class:`VolumeToSlicesd`, or when no slice is left at all.
-        RuntimeError: when a file cannot be read (MONAI's reader error, with the file name).
+        ValueError: as :class:`VolumeToSlicesd` (e.g. the two volumes of a pair differ in shape; both
+            files are named), when a file cannot be read (named, the reader's error chained), when a
+            volume's slices are smaller than ``min_size``, when ``min_size`` is not one or two positive
+            ints, or when no slice is left at all.
+        FileNotFoundError: when a listed file does not exist (it is named).
     """
 
     def __init__(
@@ -351,17 +390,27 @@ class PETSliceDataset:
         axis: int = -1,
         air_threshold: float = 0.01,
         reference_key: str = "label",
+        min_size: int | Sequence[int] | None = None,
     ) -> None:
         import torch
-        from monai.transforms import Compose, EnsureTyped, LoadImaged
+        from monai.transforms import EnsureTyped
 
-        load = Compose([LoadImaged(list(keys), image_only=True, ensure_channel_first=True), EnsureTyped(list(keys), dtype=torch.float32)])
+        from monai_rat.data.loading import LoadImageCheckedd
+
+        self.min_size = _pair_of_ints(min_size, "min_size")
+        # called one after the other, not in a Compose: its RuntimeError("applying transform ...") would
+        # bury the loader's message, which names the file
+        load, to_float = LoadImageCheckedd(list(keys), image_only=True, ensure_channel_first=True), EnsureTyped(list(keys), dtype=torch.float32)
         slicer = VolumeToSlicesd(keys, axis=axis, reference_key=reference_key, air_threshold=air_threshold)
         self.transform = transform
         self.slices: list[dict] = []
         self.counts = {"volumes": 0, "slices_total": 0, "kept": 0, "dropped_air": 0}
         for item in data:
-            self.slices.extend(slicer(load(dict(item))))
+            loaded = to_float(load(dict(item)))
+            slices = slicer(loaded)  # checks the volumes' dimensions and shapes
+            if self.min_size is not None:
+                self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            self.slices.extend(slices)
             self.counts["volumes"] += 1
             self.counts["kept"] += slicer.last_counts["kept"]
             self.counts["dropped_air"] += slicer.last_counts["dropped_air"]
@@ -373,6 +422,17 @@ class PETSliceDataset:
         )
         if not self.slices:
             raise ValueError(f"PETSliceDataset: no slice left of {self.counts['volumes']} volume(s) ({self.counts}).")
+
+    def _check_size(self, shape: Sequence[int], axis: int, item: Mapping) -> None:
+        in_plane = tuple(int(n) for i, n in enumerate(shape[1:]) if i != axis)
+        if any(n < m for n, m in zip(in_plane, self.min_size)):
+            files = ", ".join(repr(str(item[k])) for k in ("image", "label") if k in item)
+            raise ValueError(
+                f"PETSliceDataset: {files}: the slices along axis {axis} are {in_plane[0]} x {in_plane[1]} (volume shape "
+                f"{tuple(int(n) for n in shape[1:])}), smaller than min_size {self.min_size[0]} x {self.min_size[1]} (the "
+                "training patch_size): no patch of that size can be cropped from them. Use a smaller --patch_size, "
+                "another --slice_axis, or leave this volume out; nothing is padded."
+            )
 
     def __len__(self) -> int:
         """Number of kept slices."""

@@ -45,40 +45,63 @@ def file_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
-def inference_datalist(input_path: str | os.PathLike, recursive: bool = True) -> list[dict]:
+_KIND_NAMES = {"nifti": "NIfTI (.nii, .nii.gz)", "png": "PNG (.png)", "dicom": "DICOM (.dcm, .IMA)"}
+
+
+def _kinds_text(kinds: Sequence[str]) -> str:
+    return " or ".join(_KIND_NAMES[k] for k in kinds)
+
+
+def inference_datalist(
+    input_path: str | os.PathLike,
+    recursive: bool = True,
+    kinds: Sequence[str] = ("nifti", "png", "dicom"),
+    check_headers: bool = False,
+) -> list[dict]:
     """List the images to restore: ``[{"image": path, "kind": "nifti" | "png" | "dicom"}, ...]``.
 
     ``input_path`` may be one file, or a folder (searched recursively by default) holding NIfTI, PNG
     and DICOM files, e.g. DICOM series folders (each slice is restored and written back as a slice of
-    a new series). Other files in a folder are ignored and counted in the error when nothing is found.
+    a new series). Other files in a folder, and files of a kind not in ``kinds``, are ignored and
+    counted in the error when nothing is found. With ``check_headers``, the header of every listed
+    NIfTI and PNG file is read (:func:`monai_rat.data.read_image_header`), so that a file that is not a
+    readable image fails here, named, before the model is loaded; DICOM files are left to the reader.
 
     Args:
         input_path: a file or folder.
         recursive: search sub-folders.
+        kinds: the kinds the bundle restores (default all three; the PET bundle: ``["nifti"]``).
+        check_headers: read each NIfTI / PNG file's header (cheap, no voxel data); default False.
 
     Raises:
-        ValueError: when ``input_path`` is empty, a folder holds no supported file, or two inputs in one
-            folder share a name stem (``a.png`` and ``a.nii.gz``: their outputs would collide).
+        ValueError: when ``input_path`` is empty, a folder holds no file of ``kinds``, two inputs in one
+            folder share a name stem (``a.png`` and ``a.nii.gz``: their outputs would collide), with
+            ``check_headers`` a NIfTI or PNG file's header cannot be read (it is named), or ``kinds``
+            holds an unknown kind.
         FileNotFoundError: when ``input_path`` does not exist.
-        TypeError: when a single file is of an unsupported kind.
+        TypeError: when a single file is not of ``kinds``.
     """
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    unknown = sorted(set(kinds) - set(_KIND_NAMES))
+    if unknown or not kinds:
+        raise ValueError(f"inference_datalist: `kinds` must be some of {sorted(_KIND_NAMES)}, got {kinds!r}.")
     if input_path is None or str(input_path).strip() == "":
         raise ValueError(
-            "No input given: pass --input_path /path/to/image_or_folder (NIfTI .nii/.nii.gz, PNG .png, or DICOM "
-            ".dcm/.IMA files, e.g. a DICOM series folder)."
+            f"No input given: pass --input_path /path/to/image_or_folder ({_kinds_text(kinds)} files"
+            f"{', e.g. a DICOM series folder' if 'dicom' in kinds else ''})."
         )
     p = Path(input_path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"input_path {str(p)!r} does not exist.")
     if p.is_file():
         kind = file_kind(p)
-        if kind is None:
-            raise TypeError(
-                f"input_path {str(p)!r} is not a NIfTI (.nii, .nii.gz), PNG (.png) or DICOM (.dcm, .IMA) file."
-            )
+        if kind not in kinds:
+            raise TypeError(f"input_path {str(p)!r} is not a {_kinds_text(kinds)} file.")
+        if check_headers:
+            _check_header(p, kind)
         return [{"image": str(p), "kind": kind}]
     files = sorted(f for f in (p.rglob("*") if recursive else p.glob("*")) if f.is_file())
-    items = [{"image": str(f), "kind": k} for f in files if (k := file_kind(f)) is not None]
+    items = [{"image": str(f), "kind": k} for f in files if (k := file_kind(f)) in kinds]
     outputs: dict[tuple[str, str], str] = {}
     for it in items:
         f = Path(it["image"])
@@ -92,10 +115,22 @@ def inference_datalist(input_path: str | os.PathLike, recursive: bool = True) ->
         outputs[key] = str(f)
     if not items:
         raise ValueError(
-            f"input_path {str(p)!r} holds no NIfTI (.nii, .nii.gz), PNG (.png) or DICOM (.dcm, .IMA) file "
+            f"input_path {str(p)!r} holds no {_kinds_text(kinds)} file "
             f"({len(files)} other files{' searched recursively' if recursive else ''})."
         )
+    for it in items if check_headers else ():
+        _check_header(Path(it["image"]), it["kind"])
     return items
+
+
+def _check_header(path: Path, kind: str) -> None:
+    from monai_rat.data.loading import read_image_header
+
+    if kind in ("nifti", "png"):
+        try:
+            read_image_header(path)
+        except ValueError as e:
+            raise ValueError(f"input_path: {e}") from e
 
 
 class ApplyToKindsd(MapTransform):

@@ -1,0 +1,158 @@
+"""Read image files so that a bad file is named in the error: a header check and MONAI's loader, checked.
+
+MONAI's readers often fail without saying which file they were reading: a truncated ``.nii.gz``
+raises ``EOFError: Compressed file ended before the end-of-stream marker was reached`` and a truncated
+PNG ``OSError: image file is truncated``, deep inside ``LoadImage``. Here:
+
+- :func:`read_image_header` opens a NIfTI or PIL image file's header only (cheap; no voxel data) and
+  returns its shape, or raises naming the file: for checking a datalist before anything is loaded;
+- :class:`LoadImageChecked` / :class:`LoadImageCheckedd` are MONAI's ``LoadImage`` / ``LoadImaged``
+  whose read errors are re-raised naming the file (truncated or corrupt voxel data passes a header
+  check and is only found when the data is read).
+
+The class names start with ``LoadImage`` on purpose: code that recognises a pipeline's loader by
+name (``monai_rat.apps.monailabel.bundles``) treats them as MONAI's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.transforms import LoadImage, LoadImaged
+
+__all__ = [
+    "LoadImageChecked",
+    "LoadImageCheckedd",
+    "LoadImageCheckedD",
+    "LoadImageCheckedDict",
+    "read_image_header",
+    "NIFTI_SUFFIXES",
+]
+
+#: the NIfTI file name endings :func:`read_image_header` reads with nibabel (others with PIL).
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def read_image_header(path: str | os.PathLike) -> tuple[int, ...]:
+    """Open a NIfTI or PIL image file's header (no voxel data) and return its shape.
+
+    NIfTI (``.nii``, ``.nii.gz``): nibabel's shape, e.g. ``(X, Y, Z)``. Any other file is opened with
+    PIL (PNG, TIFF, JPEG, BMP ...): ``(H, W)`` for one band, ``(H, W, C)`` for ``C`` bands (RGB: 3).
+    DICOM is not handled here. Only the header is read,
+    so a file whose voxel data is truncated passes; :class:`LoadImageChecked` names it when it is read.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the image shape.
+
+    Raises:
+        FileNotFoundError: when the file does not exist (it is named).
+        ValueError: when its header cannot be read as NIfTI (by name) or by PIL (the file and the
+            reader's reason are named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{str(p)!r} does not exist{' (it is a folder)' if p.is_dir() else ''}.")
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            return tuple(int(s) for s in nib.load(str(p)).shape)
+        except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError ... for a corrupt header
+            raise ValueError(f"{str(p)!r} is not a readable NIfTI file ({type(e).__name__}: {e}).") from e
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            bands = len(im.getbands())
+            return (im.size[1], im.size[0]) + ((bands,) if bands > 1 else ())
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ...
+        raise ValueError(f"{str(p)!r} is not a readable image ({type(e).__name__}: {e}).") from e
+
+
+def _read_error(filename: Any, err: Exception) -> Exception:
+    names = [str(f) for f in filename] if isinstance(filename, (list, tuple)) else [str(filename)]
+    shown = repr(names[0]) if len(names) == 1 else repr(names)
+    reason = (str(err).strip().splitlines() or [""])[0]  # MONAI's "no suitable reader" goes on for lines
+    if isinstance(err, FileNotFoundError) or not all(os.path.exists(n) for n in names):
+        return FileNotFoundError(f"Cannot read {shown}: it does not exist ({type(err).__name__}: {reason}).")
+    return ValueError(
+        f"Cannot read {shown} ({type(err).__name__}: {reason}): the file is truncated, corrupt, or not an image "
+        "MONAI's readers support."
+    )
+
+
+class LoadImageChecked(LoadImage):
+    """MONAI's ``LoadImage``; an error while reading a file is re-raised naming the file.
+
+    Args:
+        args: as ``monai.transforms.LoadImage``.
+        kwargs: as ``monai.transforms.LoadImage``.
+
+    Raises:
+        FileNotFoundError: at call time, when the file does not exist (it is named).
+        ValueError: at call time, when the file cannot be read (it is named, with the reader's error
+            chained as the cause).
+    """
+
+    def __call__(self, filename: Sequence[Any] | Any, reader: Any = None):
+        """Load ``filename`` as ``LoadImage`` does.
+
+        Args:
+            filename: as ``LoadImage``.
+            reader: as ``LoadImage``.
+
+        Raises:
+            FileNotFoundError: when the file does not exist.
+            ValueError: when it cannot be read.
+        """
+        try:
+            return super().__call__(filename, reader)
+        except Exception as e:
+            raise _read_error(filename, e) from e
+
+
+class _CheckedLoader:
+    """Wraps ``LoadImaged``'s array loader so that its read errors name the file."""
+
+    def __init__(self, loader: LoadImage) -> None:
+        self.loader = loader
+
+    def __call__(self, filename: Any, reader: Any = None):
+        try:
+            return self.loader(filename, reader)
+        except Exception as e:
+            raise _read_error(filename, e) from e
+
+    def __getattr__(self, name: str) -> Any:  # register(), readers ...: the wrapped loader's
+        if "loader" not in self.__dict__:  # while unpickling (DataLoader workers)
+            raise AttributeError(name)
+        return getattr(self.__dict__["loader"], name)
+
+
+class LoadImageCheckedd(LoadImaged):
+    """MONAI's ``LoadImaged``; an error while reading a key's file is re-raised naming the file.
+
+    Args:
+        keys: as ``monai.transforms.LoadImaged``.
+        args: as ``monai.transforms.LoadImaged``.
+        kwargs: as ``monai.transforms.LoadImaged``.
+
+    Raises:
+        FileNotFoundError: at call time, when a file does not exist (it is named).
+        ValueError: at call time, when a file cannot be read (it is named, with the reader's error
+            chained as the cause).
+    """
+
+    def __init__(self, keys: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(keys, *args, **kwargs)
+        self._loader = _CheckedLoader(self._loader)
+
+
+LoadImageCheckedD = LoadImageCheckedDict = LoadImageCheckedd
