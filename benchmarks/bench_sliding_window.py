@@ -9,20 +9,24 @@ order, under ``torch.no_grad()`` as MONAI's evaluator does. The region map is ma
 default partitioner (method ``"auto"`` with no SAM checkpoint: superpixels).
 
 Each size runs in a fresh interpreter (one torch thread) so its peak resident memory is its own.
-Memory figures: ``python`` is the interpreter's resident memory before importing torch; ``imports``
-after importing torch, MONAI and monai_rat; ``peak`` the whole process's peak (``ru_maxrss``); the
-``load`` / ``window`` / ``sliding`` phases report their own peak minus the resident memory just
-before them (``/proc/self/clear_refs`` resets the peak between phases). ``buffers`` are the
-image-sized tensors the sliding window holds: the input, the condition (region map repeated over the
-3 channels) and MONAI's output and weight accumulators.
+Memory figures (resident set size): ``python`` is the interpreter's before importing torch;
+``imports`` after importing torch, MONAI and monai_rat; the ``load`` (read, scale, region map,
+pad, repeat, collate), ``one window`` (the network on one roi alone) and ``sliding`` (all windows,
+blending) phases report their own peak and that peak minus the resident memory just before them
+(``/proc/self/clear_refs`` resets the kernel's peak between phases; as that also resets
+``ru_maxrss``, the process's ``peak`` is the largest phase peak). The partition step inside the load
+phase is watched too (resident memory before it, the phase's peak right after it). ``buffers`` are
+the image-sized tensors the sliding window holds: the input, the condition (region map repeated over
+the 3 channels) and MONAI's output and weight accumulators.
 
     python benchmarks/bench_sliding_window.py --json /tmp/sw.json                 # 1024, 2048, 4096
     python benchmarks/bench_sliding_window.py --sizes 512 1024 --json /tmp/sw.json
-    python benchmarks/bench_sliding_window.py --sizes 4096 --bundle-command        # also the real command
+    python benchmarks/bench_sliding_window.py --sizes 4096 --modes route bundle     # also the real command
 
-``--bundle-command`` additionally runs the whole inference command (``monai.bundle.run`` with
+``--modes bundle`` runs the whole inference command (``monai.bundle.run`` with
 ``bundles/pathology/inference.json``, checkpoint of random weights, PNG written) in its own fresh
-interpreter and reports its peak resident memory.
+interpreter and reports its peak resident memory (``ru_maxrss``, never reset there). Every run starts
+with an empty region cache (a warm cache would skip the partition).
 
 Input: scikit-image's ``immunohistochemistry`` image (512 x 512 RGB) mirrored out to S x S and saved as
 PNG (a real pathology texture, so the superpixel map has realistic regions).
@@ -78,8 +82,25 @@ class _Phase:
     def __exit__(self, *exc):
         self.time_s = time.perf_counter() - self.t0
         self.peak = _status("VmHWM")
+        self.peak_mb = self.peak / MB
         self.extra_mb = (self.peak - self.before) / MB
         self.after_mb = _status("VmRSS") / MB
+
+
+class _Watch:
+    """Wraps one transform of the bundle's Compose: resident memory before it and the phase's peak right after it."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.before_mb = self.peak_after_mb = self.time_s = 0.0
+
+    def __call__(self, data):
+        self.before_mb = _status("VmRSS") / MB
+        t0 = time.perf_counter()
+        out = self.transform(data)
+        self.time_s = time.perf_counter() - t0
+        self.peak_after_mb = _status("VmHWM") / MB
+        return out
 
 
 # ------------------------------------------------------------------------------------------ the input
@@ -119,16 +140,21 @@ def run_route(image: Path, roi: int, overlap: float, feature_size: int, cache_di
     imports_mb = _status("VmRSS") / MB
     parser = _parser({
         "input_path": str(image), "roi_size": [roi, roi], "overlap": overlap, "feature_size": feature_size,
-        "region_cache_dir": str(cache_dir), "device": "$torch.device('cpu')", "amp": False,
+        "region_cache_dir": tempfile.mkdtemp(prefix="regions_", dir=cache_dir), "device": "$torch.device('cpu')", "amp": False,
     })  # fmt: skip
     torch.manual_seed(0)
     network = parser.get_parsed_content("network").eval()
     model_mb = _status("VmRSS") / MB
     n_params = sum(p.numel() for p in network.parameters())
     dataloader = parser.get_parsed_content("dataloader")
+    preprocessing = parser.get_parsed_content("preprocessing")  # the dataloader's own Compose (same object)
+    names = [type(t).__name__ for t in preprocessing.transforms]
+    watch = _Watch(preprocessing.transforms[names.index("RegionPartitiond")])
+    preprocessing.transforms = tuple(watch if type(t).__name__ == "RegionPartitiond" else t for t in preprocessing.transforms)
     prepare_batch = parser.get_parsed_content("prepare_batch")
     inferer = parser.get_parsed_content("inferer")
 
+    setup_peak_mb = _maxrss() / MB  # before the first reset
     with _Phase() as load:  # read, scale, region map of the whole image, pad, repeat the map
         batch = next(iter(dataloader))
         inputs, _, args, kwargs = prepare_batch(batch, torch.device("cpu"))
@@ -167,7 +193,10 @@ def run_route(image: Path, roi: int, overlap: float, feature_size: int, cache_di
         "one_window_time_s": one.time_s, "one_window_extra_mb": one.extra_mb,
         "sliding_time_s": sliding.time_s, "s_per_window": sliding.time_s / max(calls[0], 1),
         "sliding_extra_mb": sliding.extra_mb, "before_sliding_mb": sliding.before / MB,
-        "peak_mb": _maxrss() / MB, "peak_exact": load.exact, **buffers,
+        "partition_time_s": watch.time_s, "before_partition_mb": watch.before_mb, "load_peak_after_partition_mb": watch.peak_after_mb,
+        "load_peak_mb": load.peak_mb, "one_window_peak_mb": one.peak_mb, "sliding_peak_mb": sliding.peak_mb,
+        # resetting the peak (clear_refs) also resets ru_maxrss: the whole-process peak is the largest phase peak
+        "peak_mb": max(setup_peak_mb, load.peak_mb, one.peak_mb, sliding.peak_mb), "peak_exact": load.exact, **buffers,
     }  # fmt: skip
 
 
@@ -187,7 +216,7 @@ def run_bundle(image: Path, roi: int, overlap: float, feature_size: int, cache_d
     torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
     t0 = time.perf_counter()
     run(config_file=str(CONFIG), input_path=str(image), ckpt_path=str(ckpt), feature_size=feature_size,
-        roi_size=[roi, roi], overlap=overlap, region_cache_dir=str(cache_dir / "regions"),
+        roi_size=[roi, roi], overlap=overlap, region_cache_dir=tempfile.mkdtemp(prefix="regions_", dir=cache_dir),
         output_dir=str(cache_dir / "out"), device="$torch.device('cpu')", amp=False)  # fmt: skip
     wall = time.perf_counter() - t0
     written = sorted((cache_dir / "out").glob("*_rat.png"))
@@ -227,10 +256,12 @@ def _row(r: dict) -> str:
         return (f"| whole inference command | {r['size']}² | - | {r['bundle_time_s']:.0f} s | - | - | - | - | "
                 f"**{r['peak_mb']:.0f} MB** |")  # fmt: skip
     return (f"| sliding-window route | {r['size']}² | {r['windows']} ({r['regions_per_window_mean']:.0f} regions/window) | "
-            f"{r['load_time_s']:.0f} s + {r['sliding_time_s']:.0f} s ({r['s_per_window']:.2f} s/window) | "
+            f"{r['load_time_s']:.0f} s (map {r['partition_time_s']:.0f} s) + {r['sliding_time_s']:.0f} s "
+            f"({r['s_per_window']:.2f} s/window) | "
             f"{r['total_mb']:.0f} MB (input {r['input_mb']:.0f}, condition {r['condition_mb']:.0f} {r['condition_dtype']}, "
             f"output {r['output_accumulator_mb']:.0f}, weights {r['weight_accumulator_mb']:.0f}) | "
-            f"{r['load_extra_mb']:.0f} MB | {r['one_window_extra_mb']:.0f} MB | {r['sliding_extra_mb']:.0f} MB | "
+            f"{r['load_peak_mb']:.0f} MB (+{r['load_extra_mb']:.0f}) | {r['one_window_peak_mb']:.0f} MB "
+            f"(+{r['one_window_extra_mb']:.0f}) | {r['sliding_peak_mb']:.0f} MB (+{r['sliding_extra_mb']:.0f}) | "
             f"**{r['peak_mb']:.0f} MB** |")  # fmt: skip
 
 
@@ -241,7 +272,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap (the bundle's)")
     parser.add_argument("--feature-size", type=int, default=64, help="RAT feature_size (64: the full-size model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
-    parser.add_argument("--bundle-command", action="store_true", help="also run the whole inference command per size")
+    parser.add_argument("--modes", nargs="+", choices=["route", "bundle"], default=["route"],
+                        help="route: the bundle's components, phase by phase; bundle: the whole inference command")
     parser.add_argument("--json", type=Path, help="write all results as JSON to this file")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
     parser.add_argument("--workdir", type=Path, help="folder for the images, region caches and outputs (default: a temporary one)")
@@ -259,8 +291,9 @@ def main() -> None:
     header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"{args.threads} thread(s), fp32, CPU; roi {args.roi}, overlap {args.overlap}, gaussian, RAT feature_size "
               f"{args.feature_size} (random weights), superpixel region map of the whole image")  # fmt: skip
-    table = ["| what | image | windows | time (load + map, sliding) | image-sized buffers | load phase extra | "
-             "one window extra | sliding phase extra | peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    table = ["| what | image | windows | time: load (map), sliding | image-sized buffers | load phase peak (extra) | "
+             "one window peak (extra) | sliding phase peak (extra) | process peak RSS |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     print(header, flush=True)
     print("\n".join(table), flush=True)
     results = []
@@ -268,7 +301,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for size in args.sizes:
-            for mode in ["route"] + (["bundle"] if args.bundle_command else []):
+            for mode in args.modes:
                 res = measure(mode, size, args, work)
                 results.append(res)
                 table.append(_row(res))
