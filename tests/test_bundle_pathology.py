@@ -92,7 +92,9 @@ def test_evaluation_whole_tiles_mean_and_std(trained):
         assert summary[name]["n"] == 4 and np.isfinite(summary[name]["mean"]) and summary[name]["std"] >= 0, name
     # the bicubic input of ihc tiles: about 28.4 dB against the originals (MONAI PSNR, data range 1 = 255)
     assert 26 < summary["input_psnr"]["mean"] < 31
-    assert "PSNR (dB): restored" in log
+    assert "PSNR (dB): restored" in log and "| bicubic input" in log and "low-dose" not in log
+    notes = json.loads((out_dir / "eval" / "summary.json").read_text())["metric_names"]
+    assert notes["input_psnr"] == "bicubic input vs original image" and notes["val_ssim"] == "restored vs original image"
 
 
 def test_sliding_window_inference_any_size_png(trained, tmp_path):

@@ -156,6 +156,8 @@ class MetricsSummary:
             ``{"PSNR (dB)": ("psnr", "input_psnr")}``.
         notes: free-form facts written into the JSON (e.g. the data range).
         name: file stem.
+        input_label: what the network's input is called in the log line (e.g. "low-dose input",
+            "bicubic input").
 
     Raises:
         KeyError: at completion, when a requested metric has no per-image values.
@@ -168,8 +170,10 @@ class MetricsSummary:
         pairs: Mapping[str, Sequence[str]] | None = None,
         notes: Mapping[str, Any] | None = None,
         name: str = "summary",
+        input_label: str = "input",
     ) -> None:
         self.output_dir = str(output_dir)
+        self.input_label = str(input_label)
         self.metric_names = list(metric_names) if metric_names else None
         self.pairs = dict(pairs or {})
         self.notes = dict(notes or {})
@@ -215,7 +219,7 @@ class MetricsSummary:
             if restored in summary and given in summary:
                 r, g = summary[restored], summary[given]
                 self.logger.info(
-                    f"{label}: restored {r['mean']:.4f} ± {r['std']:.4f} | low-dose input {g['mean']:.4f} ± "
+                    f"{label}: restored {r['mean']:.4f} ± {r['std']:.4f} | {self.input_label} {g['mean']:.4f} ± "
                     f"{g['std']:.4f} (n={r['n']})"
                 )
         if _is_rank0():
