@@ -218,3 +218,33 @@ def test_pet_bundle_serves_from_any_working_directory_in_the_input_units(tmp_pat
         with torch.no_grad():
             want = net(x[None], r)[0, 0] / factor
         torch.testing.assert_close(out[0, ..., k].as_tensor(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_pathology_bundle_serves_large_images_through_sliding_windows(tmp_path, monkeypatch):
+    """The pathology app path: whole-image region map, the bundle's SlidingWindowInferer (roi 32 on a 40 x 50 image:
+    several overlapping windows), output back in 0..255; equal to MONAI's sliding window run by hand."""
+    from monai.inferers import sliding_window_inference
+
+    from monai_rat.engines.sliding_regions import ConditionRegionsNetwork
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    net = RAT(in_channels=3, out_channels=3, feature_size=8).eval()
+    torch.save(net.state_dict(), tmp_path / "path.pt")
+    b = RATBundle("pathology", REPO / "bundles" / "pathology", {"feature_size": 8, "ckpt_path": str(tmp_path / "path.pt"),
+                  "region_cache_dir": str(tmp_path / "regions"), "roi_size": [32, 32]})  # fmt: skip
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "t.png")
+    img, kind = load_input(tmp_path / "t.png")
+    pipe = SlicePipeline(b)
+    out = pipe.restore(img, kind)
+    x = img.as_tensor().float()[None] / 255.0
+    r = torch.as_tensor(np.asarray(RegionPartition(method="auto", window=(0, 1))(x[0]))).long()[None]
+    np.testing.assert_array_equal(pipe.regions(img, kind).numpy(), r[0].numpy())
+    with torch.no_grad():
+        want = sliding_window_inference(x, (32, 32), 1, ConditionRegionsNetwork(net), overlap=0.25, mode="gaussian",
+                                        condition=r.expand(-1, 3, -1, -1))  # fmt: skip
+        whole = net(x, r)
+    assert out.shape == img.shape
+    torch.testing.assert_close(out.as_tensor(), want[0] * 255.0, rtol=1e-5, atol=1e-3)
+    assert (out.as_tensor() - whole[0] * 255.0).abs().max() > 1e-2  # the windows matter: not a whole-image pass

@@ -313,6 +313,17 @@ class RATBundle:
         cid = "app_postprocessing" if "app_postprocessing" in self.parser else "postprocessing"
         return [t for t in self._transforms(cid) if not _is_saver(t)]
 
+    def app_inferer(self) -> Callable | None:
+        """The bundle's ``app_inferer`` (e.g. pathology's ``SlidingWindowInferer`` for large images), or ``None``.
+
+        The app calls it as ``inferer(image, network, condition=regions)``, the region map repeated over the
+        image's channels (MONAI's sliding window crops ``condition`` with each window); without one it calls
+        ``network(image, regions)`` on the whole slice.
+        """
+        if "app_inferer" not in self.parser:
+            return None
+        return self.parser.get_parsed_content("app_inferer", lazy=True)
+
     def _transforms(self, cid: str) -> list[Callable]:
         if cid not in self.parser:
             return []

@@ -122,6 +122,7 @@ class SlicePipeline:
         self.device = torch.device(device)
         self.pre = bundle.preprocessing()
         self.post = bundle.postprocessing()
+        self.inferer = bundle.app_inferer()
         self._network = None
         self._network_mtime: float | None = None
         self._lock = threading.Lock()
@@ -209,7 +210,10 @@ class SlicePipeline:
             r = d[self.bundle.regions_key]
             r = (r.as_tensor() if hasattr(r, "as_tensor") else torch.as_tensor(r))[None].to(self.device).long()
             with torch.inference_mode():
-                y = net(x, r)  # RegionMapNetwork(x, regions) and ConditionRegionsNetwork(x, condition) alike
+                if self.inferer is None:  # RegionMapNetwork(x, regions) and ConditionRegionsNetwork(x, condition) alike
+                    y = net(x, r)
+                else:  # e.g. sliding windows over a large pathology image, the map cropped with each window
+                    y = self.inferer(x, net, condition=r.expand(-1, x.shape[1], -1, -1))
             d["pred"] = MetaTensor(y[0].detach().cpu())  # a MetaTensor, as MONAI engines give, so Invertd can follow "image"
             for t in self.post:
                 d = t(d)
