@@ -51,3 +51,28 @@ def test_errors_and_state_dict():
     assert list(net.state_dict()) == ["weight"]
     net.load_state_dict({"weight": torch.full((1,), 2.0)})
     assert float(net.network.weight) == 2.0
+
+
+def test_fitted_window_equals_a_whole_image_pass_for_small_images_and_is_unchanged_for_large():
+    """MONAI zero-pads an image smaller than the window; RAT's channel attention pools over the padded window, so
+    the plain inferer changes every pixel. The fitted inferer clips the window: same as restoring the image whole."""
+    from monai_rat.engines.sliding_regions import FittedSlidingWindowInferer
+    from monai_rat.networks import RAT
+
+    torch.manual_seed(0)
+    net = ConditionRegionsNetwork(RAT(in_channels=3, out_channels=3, feature_size=8).eval())
+    x = torch.rand(1, 3, 40, 24)
+    regions = (torch.arange(24) >= 12).long().expand(1, 1, 40, 24) + 1
+    cond = regions.repeat(1, 3, 1, 1)
+    args = dict(roi_size=(64, 64), overlap=0.25, mode="gaussian", sw_batch_size=1)
+    with torch.no_grad():
+        whole = net.network(x, regions)
+        fitted = FittedSlidingWindowInferer(**args)(x, net, condition=cond)
+        padded = SlidingWindowInferer(**args)(x, net, condition=cond)
+        torch.testing.assert_close(fitted, whole, rtol=1e-5, atol=1e-5)
+        assert (padded - whole).abs().max() > 1e-3  # what the clip avoids
+        big = torch.rand(1, 3, 80, 72)
+        cb = torch.ones(1, 3, 80, 72)
+        small_roi = dict(args, roi_size=(32, 32))
+        torch.testing.assert_close(FittedSlidingWindowInferer(**small_roi)(big, net, condition=cb),
+                                   SlidingWindowInferer(**small_roi)(big, net, condition=cb))  # fmt: skip
