@@ -81,7 +81,7 @@ def _cases(w: Path) -> dict:
 
     def train(bundle: str, case: str, dataset: Path, expect: list[str]) -> None:
         args = ["run", "training", "--config_file", f"bundles/{bundle}/train.json", "--dataset_dir", str(dataset),
-                "--output_dir", str(w / "runs" / case), "--region_cache_dir", str(w / "regions"), *BAD]  # fmt: skip
+                "--output_dir", str(w / "runs" / case), "--region_cache_dir", str(w / "regions"), *(["--slice_cache_dir", str(w / "slices")] if bundle == "pet" else []), *BAD]  # fmt: skip
         cases[case] = (args, expect, True)
 
     def infer(bundle: str, case: str, input_path: Path, expect: list[str]) -> None:

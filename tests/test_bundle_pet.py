@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,27 @@ def test_verify_net_in_out(trained):
         trained["work"] / "cache",
     )  # fmt: skip
     assert "data shape of network is verified with no error" in log
+
+
+def test_training_on_a_folder_uses_the_slice_store_and_suv_sidecars(trained, tmp_path):
+    """Real-data route: --dataset_dir (low_dose/ + full_dose/) keeps slices in an on-disk store and normalises
+    by SUV where a BIDS sidecar gives dose and weight (fixed scale elsewhere), as the log says per file."""
+    import glob
+    import shutil
+
+    demo = Path(sorted(glob.glob(str(trained["work"] / "cache" / "pet_demo_*")))[-1])
+    data = tmp_path / "data"
+    for sub in ("low_dose", "full_dose"):
+        shutil.copytree(demo / sub, data / sub)
+    for sub in ("low_dose", "full_dose"):  # one patient with sidecars; 0.021 MBq, 70 kg: SUV / 10 = activity / 3 here
+        (data / sub / "patient_000_mrsmall_id.json").write_text(json.dumps({"InjectedRadioactivity": 0.021, "BodyWeight": 70}))
+    out_dir = tmp_path / "run"
+    log = run_bundle(
+        ["run", "training", "--config_file", "bundles/pet/train.json", "--dataset_dir", str(data), "--schedule_name", "demo",
+         "--output_dir", str(out_dir),
+         "--region_cache_dir", str(trained["work"] / "regions"), "--slice_cache_dir", str(tmp_path / "slices"), *TINY],
+        trained["work"] / "cache",
+    )  # fmt: skip
+    assert len(list((tmp_path / "slices").glob("slices_*.npy"))) == 4  # 3 training + 1 validation volume pairs
+    assert (out_dir / "models" / "model.pt").is_file()
+    assert "patient_000_mrsmall_id.nii.gz: suv normalisation" in log and "patient_001_shepplogan_id.nii.gz: fixed normalisation" in log

@@ -202,3 +202,24 @@ def test_slice_dataset_on_demo(demo, caplog):
     assert item["image"].shape == item["label"].shape == (1, 64, 64) and item["seen"]
     assert "seen" not in ds.slices[0]
     assert len(PETSliceDataset(out["validation"], axis=0)) > 50
+
+
+def test_slice_dataset_on_disk_store_gives_the_same_slices_and_keeps_no_arrays(demo, tmp_path):
+    import torch
+
+    data = demo[1]["training"][:2]
+    in_memory = PETSliceDataset(data)
+    stored = PETSliceDataset(data, cache_dir=tmp_path / "slices")
+    files = sorted((tmp_path / "slices").glob("slices_*.npy"))
+    assert len(files) == 2 and len(stored) == len(in_memory)
+    assert not any(isinstance(v, torch.Tensor) for s in stored.slices for v in s.values())  # only references in memory
+    for i in (0, len(stored) // 2, len(stored) - 1):
+        a, b = in_memory[i], stored[i]
+        for k in ("image", "label"):
+            torch.testing.assert_close(b[k].as_tensor(), a[k].as_tensor(), rtol=0, atol=0)
+            torch.testing.assert_close(b[k].affine, a[k].affine)
+            assert b[k].meta["filename_or_obj"] == a[k].meta["filename_or_obj"]
+        assert b["slice_index"] == a["slice_index"] and b["name"] == a["name"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    PETSliceDataset(data, cache_dir=tmp_path / "slices")  # a second run reuses the store
+    assert [f.stat().st_mtime_ns for f in files] == stamps and not list((tmp_path / "slices").glob(".*tmp"))

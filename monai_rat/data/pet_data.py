@@ -10,9 +10,9 @@ The paper trains the 2D RAT on slices of 3D PET volumes with the air-only slices
   0.01) times that volume's maximum. Every drop is counted and logged (logger
   ``monai_rat.data.pet_data``), and the counts are kept in ``last_counts``;
 - :class:`PETSliceDataset` loads every listed pair once, slices it with :class:`VolumeToSlicesd` and
-  serves the kept slices (memory: all kept slices of all volumes, float32; about 2 x 320 KB per
-  192 x 416 slice pair; for data sets that do not fit, use :class:`VolumeToSlicesd` inside a MONAI
-  ``PatchDataset`` instead).
+  serves the kept slices, from memory (float32, about 2 x 320 KB per 192 x 416 slice pair) or, with
+  ``cache_dir``, from an on-disk store of uncompressed ``.npy`` files read as memory maps (the PET
+  bundle uses one under ``cache/slices`` whenever a ``dataset_dir`` is given).
 """
 
 from __future__ import annotations
@@ -358,6 +358,12 @@ class PETSliceDataset:
     random crops and rotations) runs on each slice at access. The totals are logged (INFO) and kept in
     ``counts`` (``{"volumes", "slices_total", "kept", "dropped_air"}``).
 
+    With ``cache_dir``, the kept slices of each volume pair are written once to an uncompressed ``.npy``
+    file there (named by a hash of the files' paths, sizes and times and the slicing settings; written
+    atomically, reused by later runs) and read back as memory maps at access: memory then holds one
+    volume at a time while building and only the slices in use while training (the paper's 90
+    patients, 192 x 416 slices, would be about 11 GB in memory otherwise).
+
     With ``min_size`` (the training patch size), a volume whose slices are smaller than it along either
     in-plane side raises ``ValueError`` naming the file and both sizes, here at construction; MONAI's
     ``RandSpatialCropd`` would otherwise return a smaller patch without a word and the batch would fail
@@ -373,6 +379,7 @@ class PETSliceDataset:
         reference_key: see :class:`VolumeToSlicesd` (default "label").
         min_size: the smallest allowed slice, ``(H, W)`` in the sliced volume's axis order or one int
             for both (e.g. the training ``patch_size``); ``None`` (default): no check.
+        cache_dir: a folder for the on-disk slice store (see above); ``None`` (default): in memory.
 
     Raises:
         ValueError: as :class:`VolumeToSlicesd` (e.g. the two volumes of a pair differ in shape; both
@@ -391,6 +398,7 @@ class PETSliceDataset:
         air_threshold: float = 0.01,
         reference_key: str = "label",
         min_size: int | Sequence[int] | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         import torch
         from monai.transforms import EnsureTyped
@@ -403,6 +411,8 @@ class PETSliceDataset:
         load, to_float = LoadImageCheckedd(list(keys), image_only=True, ensure_channel_first=True), EnsureTyped(list(keys), dtype=torch.float32)
         slicer = VolumeToSlicesd(keys, axis=axis, reference_key=reference_key, air_threshold=air_threshold)
         self.transform = transform
+        self.keys = list(keys)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.slices: list[dict] = []
         self.counts = {"volumes": 0, "slices_total": 0, "kept": 0, "dropped_air": 0}
         for item in data:
@@ -410,6 +420,9 @@ class PETSliceDataset:
             slices = slicer(loaded)  # checks the volumes' dimensions and shapes
             if self.min_size is not None:
                 self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            if self.cache_dir is not None and slices:
+                slices = self._store(slices, item, (slicer.axis, air_threshold, reference_key))
+            del loaded
             self.slices.extend(slices)
             self.counts["volumes"] += 1
             self.counts["kept"] += slicer.last_counts["kept"]
@@ -422,6 +435,29 @@ class PETSliceDataset:
         )
         if not self.slices:
             raise ValueError(f"PETSliceDataset: no slice left of {self.counts['volumes']} volume(s) ({self.counts}).")
+
+    def _store(self, slices: list[dict], item: Mapping, settings: tuple) -> list[dict]:
+        """Write the kept slices' arrays to one ``.npy`` (once) and keep references to them instead."""
+        import hashlib
+
+        sources = [os.stat(str(item[k])) for k in self.keys]
+        key = repr(([str(Path(str(item[k])).resolve()) for k in self.keys], [(st.st_size, st.st_mtime_ns) for st in sources],
+                    settings, self.keys, [s["slice_index"] for s in slices]))  # fmt: skip
+        path = self.cache_dir / f"slices_{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+        if not path.is_file():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            arr = np.stack([np.stack([np.asarray(s[k].as_tensor(), np.float32) for k in self.keys]) for s in slices])
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, path)  # atomic: a crash or a concurrent writer never leaves a partial file
+        out = []
+        for i, s in enumerate(slices):
+            ref = dict(s)
+            for j, k in enumerate(self.keys):
+                ref[k] = _StoredSlice(str(path), i, j, s[k].affine, dict(s[k].meta))
+            out.append(ref)
+        return out
 
     def _check_size(self, shape: Sequence[int], axis: int, item: Mapping) -> None:
         in_plane = tuple(int(n) for i, n in enumerate(shape[1:]) if i != axis)
@@ -450,5 +486,21 @@ class PETSliceDataset:
         Raises:
             IndexError: when ``index`` is out of range.
         """
-        item = dict(self.slices[index])
+        item = {k: (v.load() if isinstance(v, _StoredSlice) else v) for k, v in self.slices[index].items()}
         return self.transform(item) if self.transform is not None else item
+
+
+class _StoredSlice:
+    """Where one slice of one key lives in a slice store: read back as a MetaTensor (a copy) at access."""
+
+    __slots__ = ("path", "index", "key_index", "affine", "meta")
+
+    def __init__(self, path: str, index: int, key_index: int, affine, meta: dict) -> None:
+        self.path, self.index, self.key_index, self.affine, self.meta = path, index, key_index, affine, meta
+
+    def load(self):
+        import torch
+        from monai.data import MetaTensor
+
+        arr = np.load(self.path, mmap_mode="r")[self.index, self.key_index]
+        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=dict(self.meta))
