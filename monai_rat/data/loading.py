@@ -112,10 +112,14 @@ class LoadImageChecked(LoadImage):
             FileNotFoundError: when the file does not exist.
             ValueError: when it cannot be read.
         """
-        try:
-            return super().__call__(filename, reader)
-        except Exception as e:
-            raise _read_error(filename, e) from e
+        return _load_naming_file(super().__call__, filename, reader)
+
+
+def _load_naming_file(load: Any, filename: Any, reader: Any):
+    try:
+        return load(filename, reader)
+    except Exception as e:
+        raise _read_error(filename, e) from e
 
 
 class _CheckedLoader:
@@ -125,10 +129,7 @@ class _CheckedLoader:
         self.loader = loader
 
     def __call__(self, filename: Any, reader: Any = None):
-        try:
-            return self.loader(filename, reader)
-        except Exception as e:
-            raise _read_error(filename, e) from e
+        return _load_naming_file(self.loader, filename, reader)
 
     def __getattr__(self, name: str) -> Any:  # register(), readers ...: the wrapped loader's
         if "loader" not in self.__dict__:  # while unpickling (DataLoader workers)
