@@ -166,6 +166,9 @@ def _cases(w: Path) -> dict:
     infer("pathology", "pathology_inference_corrupt_png", d, [f"input_path: '{d / 'tile.png'}' is not a readable image"])
     bad = _truncate(_png(w / "path_infer_truncated" / "tile.png", (64, 64)))
     infer("pathology", "pathology_inference_truncated_png", bad, [f"Cannot read '{bad}' (OSError: image file is truncated)"])
+    # ---- CT inference (same checked loader)
+    bad = _truncate(_png(w / "ct_infer_truncated" / "slice.png", (64, 64)))
+    infer("ct", "ct_inference_truncated_png", bad, [f"Cannot read '{bad}' (OSError: image file is truncated)"])
     return cases
 
 
@@ -177,7 +180,7 @@ def runs(tmp_path_factory) -> dict:
     # bundle command whose "run" is overridden
     save = [["run", "--config_file", f"bundles/{b}/inference.json", "--feature_size", "8",
              "--region_cache_dir", str(w / "regions"), "--run", f"$torch.save(@network_def.state_dict(), {str(w / f'{b}_model.pt')!r})"]
-            for b in ("pet", "pathology")]  # fmt: skip
+            for b in ("ct", "pet", "pathology")]  # fmt: skip
     results = run_bundle_commands(save + [args for args, _, _ in cases.values()], w / "cache", w / "logs")
     for r in results[: len(save)]:
         assert r["returncode"] == 0, r["output"][-3000:]
@@ -201,6 +204,7 @@ CASES = [
     "pathology_image_smaller_than_patch",
     "pathology_inference_corrupt_png",
     "pathology_inference_truncated_png",
+    "ct_inference_truncated_png",
 ]
 
 
