@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from proc_memory import reset_peak, status_bytes  # benchmarks/proc_memory.py (the script's folder is on sys.path)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "rat-reference-example"
 
@@ -53,22 +54,6 @@ def load_inputs(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     x = torch.from_numpy(np.ascontiguousarray(image[:size, :size]))[None, None]
     r = torch.from_numpy(np.ascontiguousarray(regions[:size, :size]))[None, None]
     return x, r, source
-
-
-# ---------------------------------------------------------------------------------- memory accounting
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------- one measurement
@@ -111,12 +96,12 @@ def run_case(case: str, size: int, impl: str, repeats: int) -> dict:
         info = {"tokens": (size // 4) ** 2}
     # Memory from the first (cold) run: a warm-up would leave freed blocks in the allocator that later
     # runs reuse, hiding what the operation really needs. Time: median of the runs after it, if any.
-    base = _status("VmRSS")
-    exact = _reset_peak()
+    base = status_bytes("VmRSS")
+    exact = reset_peak()
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = status_bytes("VmHWM")
     times = []
     for _ in range(repeats - 1):
         t0 = time.perf_counter()

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from proc_memory import reset_peak, status_bytes  # benchmarks/proc_memory.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "bundles" / "pathology" / "configs" / "inference.json"
@@ -51,19 +52,6 @@ MB = 2**20
 
 
 # ---------------------------------------------------------------------------------- memory accounting
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _maxrss() -> int:
@@ -74,17 +62,17 @@ class _Phase:
     """Peak resident memory of a block minus the resident memory just before it, and its wall time."""
 
     def __enter__(self):
-        self.exact = _reset_peak()
-        self.before = _status("VmRSS")
+        self.exact = reset_peak()
+        self.before = status_bytes("VmRSS")
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.time_s = time.perf_counter() - self.t0
-        self.peak = _status("VmHWM")
+        self.peak = status_bytes("VmHWM")
         self.peak_mb = self.peak / MB
         self.extra_mb = (self.peak - self.before) / MB
-        self.after_mb = _status("VmRSS") / MB
+        self.after_mb = status_bytes("VmRSS") / MB
 
 
 class _Watch:
@@ -95,11 +83,11 @@ class _Watch:
         self.before_mb = self.peak_after_mb = self.time_s = 0.0
 
     def __call__(self, data):
-        self.before_mb = _status("VmRSS") / MB
+        self.before_mb = status_bytes("VmRSS") / MB
         t0 = time.perf_counter()
         out = self.transform(data)
         self.time_s = time.perf_counter() - t0
-        self.peak_after_mb = _status("VmHWM") / MB
+        self.peak_after_mb = status_bytes("VmHWM") / MB
         return out
 
 
@@ -130,21 +118,21 @@ def _parser(overrides: dict):
 
 # ----------------------------------------------------------------------------- one size, in-process
 def run_route(image: Path, roi: int, overlap: float, feature_size: int, cache_dir: Path, threads: int = 1) -> dict:
-    python_mb = _status("VmRSS") / MB
+    python_mb = status_bytes("VmRSS") / MB
     import torch
 
     import monai  # noqa: F401
     import monai_rat  # noqa: F401
 
     torch.set_num_threads(threads)
-    imports_mb = _status("VmRSS") / MB
+    imports_mb = status_bytes("VmRSS") / MB
     parser = _parser({
         "input_path": str(image), "roi_size": [roi, roi], "overlap": overlap, "feature_size": feature_size,
         "region_cache_dir": tempfile.mkdtemp(prefix="regions_", dir=cache_dir), "device": "$torch.device('cpu')", "amp": False,
     })  # fmt: skip
     torch.manual_seed(0)
     network = parser.get_parsed_content("network").eval()
-    model_mb = _status("VmRSS") / MB
+    model_mb = status_bytes("VmRSS") / MB
     n_params = sum(p.numel() for p in network.parameters())
     dataloader = parser.get_parsed_content("dataloader")
     preprocessing = parser.get_parsed_content("preprocessing")  # the dataloader's own Compose (same object)
@@ -202,14 +190,14 @@ def run_route(image: Path, roi: int, overlap: float, feature_size: int, cache_di
 
 def run_bundle(image: Path, roi: int, overlap: float, feature_size: int, cache_dir: Path, threads: int = 1) -> dict:
     """The whole ``python -m monai.bundle run --config_file inference.json`` (random checkpoint, PNG out)."""
-    python_mb = _status("VmRSS") / MB
+    python_mb = status_bytes("VmRSS") / MB
     import torch
     from monai.bundle import run
 
     from monai_rat.networks import RAT  # noqa: F401
 
     torch.set_num_threads(threads)
-    imports_mb = _status("VmRSS") / MB
+    imports_mb = status_bytes("VmRSS") / MB
     parser = _parser({"feature_size": feature_size})
     torch.manual_seed(0)
     ckpt = cache_dir / "random_model.pt"
