@@ -7,10 +7,45 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["RegionMapNetwork"]
+__all__ = ["RegionMapNetwork", "WrappedRegionNetwork"]
 
 
-class RegionMapNetwork(nn.Module):
+class WrappedRegionNetwork(nn.Module):
+    """Base of the wrappers around ``network(x, regions)``: the bare network's weights, maps made per image.
+
+    ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no ``network.`` prefix), so a
+    wrapper loads and saves the same ``model.pt`` as the bare network.
+
+    Args:
+        network: a module ``network(x, regions)``.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    @staticmethod
+    def partition_each(partition: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` region maps of each image ``x[i]``, made on the CPU by ``partition``, on ``x``'s device."""
+        maps = [torch.as_tensor(partition(x[i].detach().cpu())) for i in range(x.shape[0])]
+        return torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped network's ``state_dict`` (same keys as the bare network)."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a bare network's ``state_dict`` into the wrapped network.
+
+        Args:
+            state_dict: the bare network's state dict.
+            strict: as ``torch.nn.Module.load_state_dict``.
+            assign: as ``torch.nn.Module.load_state_dict``.
+        """
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class RegionMapNetwork(WrappedRegionNetwork):
     """Call ``network(x, regions)`` where a tool calls ``network(x)``.
 
     MONAI's ``verify_net_in_out`` and ``ckpt_export`` and MONAI Label's ``BundleInferTask`` feed a
@@ -40,12 +75,11 @@ class RegionMapNetwork(nn.Module):
     """
 
     def __init__(self, network: nn.Module, partition: str | Callable[[torch.Tensor], Any] = "single") -> None:
-        super().__init__()
         if partition not in ("single", "channel") and not callable(partition):
             raise ValueError(
                 f"`partition` must be 'single', 'channel' or a callable image -> regions, got {partition!r}."
             )
-        self.network = network
+        super().__init__(network)
         self.partition = partition
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,20 +95,5 @@ class RegionMapNetwork(nn.Module):
             if self.partition == "single":
                 regions = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.long, device=x.device)
             else:
-                maps = [torch.as_tensor(self.partition(x[i].detach().cpu())) for i in range(x.shape[0])]
-                regions = torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
+                regions = self.partition_each(self.partition, x)
         return self.network(x, regions)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped network's ``state_dict`` (same keys as the bare network)."""
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load a bare network's ``state_dict`` into the wrapped network.
-
-        Args:
-            state_dict: the bare network's state dict.
-            strict: as ``torch.nn.Module.load_state_dict``.
-            assign: as ``torch.nn.Module.load_state_dict``.
-        """
-        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -22,6 +22,8 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from monai_rat.engines.networks import WrappedRegionNetwork
+
 __all__ = ["ConditionRegionsNetwork", "FittedSlidingWindowInferer"]
 
 
@@ -49,7 +51,7 @@ class FittedSlidingWindowInferer(SlidingWindowInferer):
         return SlidingWindowInferer.__call__(inferer, inputs, network, *args, **kwargs)
 
 
-class ConditionRegionsNetwork(nn.Module):
+class ConditionRegionsNetwork(WrappedRegionNetwork):
     """Call ``network(x, regions)`` where MONAI's sliding window calls ``network(x, condition=regions_window)``.
 
     ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no prefix), so it loads the same
@@ -66,10 +68,9 @@ class ConditionRegionsNetwork(nn.Module):
     """
 
     def __init__(self, network: nn.Module, partition: Any = None) -> None:
-        super().__init__()
         if partition is not None and not callable(partition):
             raise ValueError(f"ConditionRegionsNetwork: `partition` must be a callable image -> regions, got {partition!r}.")
-        self.network = network
+        super().__init__(network)
         self.partition = partition
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,8 +87,7 @@ class ConditionRegionsNetwork(nn.Module):
                 differs from ``x``'s.
         """
         if condition is None and self.partition is not None:
-            maps = [torch.as_tensor(self.partition(x[i].detach().cpu())) for i in range(x.shape[0])]
-            condition = torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
+            condition = self.partition_each(self.partition, x)
         if condition is None:
             raise ValueError(
                 "ConditionRegionsNetwork needs the region map as `condition` (PrepareBatchExtraInput({'condition': 'regions'}))."
@@ -97,17 +97,3 @@ class ConditionRegionsNetwork(nn.Module):
         regions = condition[:, :1]
         regions = regions if not torch.is_floating_point(regions) else regions.round()
         return self.network(x, regions.long())
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped network's ``state_dict``."""
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load a bare network's ``state_dict`` into the wrapped network.
-
-        Args:
-            state_dict: the bare network's state dict.
-            strict: as ``torch.nn.Module.load_state_dict``.
-            assign: as ``torch.nn.Module.load_state_dict``.
-        """
-        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
