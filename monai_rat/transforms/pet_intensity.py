@@ -162,8 +162,8 @@ def pet_intensity_factor(
 class PETIntensityd(MapTransform, InvertibleTransform):
     """Multiply PET images by their normalisation factor (SUV / suv_scale, else 1 / activity_scale); invertible.
 
-    See the module docstring for the sources of dose and weight. The mode used is logged once per
-    file (INFO) and stored with the transform, so ``Invertd`` (or :meth:`inverse`) divides it back out.
+    See the module docstring for the sources of dose and weight. The factor is looked up once per
+    file (and dose / weight fields) and kept; the mode used is logged then (INFO) and stored with the transform, so ``Invertd`` (or :meth:`inverse`) divides it back out.
 
     Args:
         keys: the image keys (e.g. "image" and "label").
@@ -194,7 +194,7 @@ class PETIntensityd(MapTransform, InvertibleTransform):
         self.mode = mode
         self.activity_scale = float(activity_scale)
         self.suv_scale = float(suv_scale)
-        self._logged: set = set()
+        self._factors: dict = {}  # (file, dose, weight) -> (factor, mode): one lookup and one log line per file
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         """Scale each key by its factor.
@@ -207,10 +207,12 @@ class PETIntensityd(MapTransform, InvertibleTransform):
             img = d[key]
             path = getattr(img, "meta", {}).get("filename_or_obj") if hasattr(img, "meta") else None
             path = str(path) if path else None
-            factor, used = pet_intensity_factor(path, d, self.mode, self.activity_scale, self.suv_scale)
-            if (path, used) not in self._logged:
-                self._logged.add((path, used))
+            cache_key = (path, d.get("injected_dose_bq"), d.get("body_weight_kg"))
+            if cache_key not in self._factors:
+                self._factors[cache_key] = pet_intensity_factor(path, d, self.mode, self.activity_scale, self.suv_scale)
+                factor, used = self._factors[cache_key]
                 logger.info("PETIntensityd: %s: %s normalisation, factor %.6g.", path or f"<{key}>", used, factor)
+            factor, used = self._factors[cache_key]
             d[key] = img * factor
             self.push_transform(d, key, extra_info={"factor": factor, "mode": used})
         return d
