@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, TINY, bundle_env, run_bundle
+from bundle_helpers import ROOT, TINY_CT as TINY, bundle_env, run_bundle
 
 
 def _rows(path: Path) -> list[dict]:
@@ -143,13 +143,13 @@ def test_evaluation_reports_restored_and_input_scores(trained):
     assert summary["data_range"] == 1.0 and "4096 HU" in summary["data_range_note"]
     metrics = summary["metrics"]
     for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
-        assert metrics[name]["n"] == 4  # every demo test slice, whole (128 x 128), none skipped
+        assert metrics[name]["n"] == 3  # every demo test slice (2 phantoms, 1 real head), whole, none skipped
         assert np.isfinite(metrics[name]["mean"]) and metrics[name]["std"] >= 0
     assert metrics["input_psnr"]["mean"] > 25  # quarter-dose demo input vs full dose
     rows = {r["metric"]: r for r in _rows(out_dir / "eval" / "summary.csv")}
     assert float(rows["input_psnr"]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
     raw = (out_dir / "eval" / "val_psnr_raw.csv").read_text()
-    assert raw.count("\n") == 5 and "ellipses_val_000" in raw  # header + one row per image, with its file
+    assert raw.count("\n") == 4 and "phantom_test_000" in raw and "J2K_pixelrep_mismatch" in raw  # header + a row per image
 
 
 def test_inference_nifti_png_dicom_any_size(trained, work):
@@ -161,7 +161,7 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     src = work / "infer_in"
     (src / "series").mkdir(parents=True)
     shutil.copy(get_testdata_file("CT_small.dcm"), src / "series" / "CT_small.dcm")
-    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/ellipses_val_000.nii.gz"))[0]
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/phantom_test_000.nii.gz"))[0]
     hu = np.asarray(nib.load(demo).get_fdata())
     nib.save(nib.Nifti1Image(hu[:100, :72].astype(np.float32), np.eye(4)), src / "odd.nii.gz")
     Image.fromarray(np.clip(hu[:90, :110] + 1024, 0, 65535).astype(np.uint16)).save(src / "slice.png")
