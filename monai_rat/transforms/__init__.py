@@ -1,4 +1,4 @@
-"""Transforms: region partitions and degradation simulators."""
+"""Transforms: region partitions, degradation simulators and classical restoration baselines."""
 from .partition import (
     RegionCache,
     RegionPartition,
@@ -16,3 +16,14 @@ from .simulate_ct import SimulateLowDoseCT, SimulateLowDoseCTd, SimulateLowDoseC
 from .simulate_pet import SimulateLowCountPET, SimulateLowCountPETd, SimulateLowCountPETD, SimulateLowCountPETDict, osem_reconstruct
 from .degrade import BicubicDegrade, BicubicDegradeD, BicubicDegradeDict, BicubicDegraded
 from .pet_intensity import PETIntensityd, PETIntensityD, PETIntensityDict, pet_intensity_factor, suv_info_from_sidecar
+from .classical import (
+    CLASSICAL_METHODS,
+    ClassicalRestore,
+    ClassicalRestored,
+    ClassicalRestoreD,
+    ClassicalRestoreDict,
+    TuneResult,
+    default_grid,
+    estimate_noise_psd,
+    tune_classical,
+)
