@@ -28,8 +28,17 @@ def _strip_child_prefix(module: nn.Module, state_dict: Any, prefix: str, local_m
 
 def _add_child_prefix(module: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
     """load_state_dict pre-hook: ``<prefix><key>`` -> ``<prefix>network.<key>`` (what the wrapper holds)."""
+    module._loading_prefix = prefix  # for _bare_key_names, which torch does not tell the prefix
     for key in [k for k in state_dict if k.startswith(prefix)]:
         state_dict[prefix + _CHILD + key[len(prefix) :]] = state_dict.pop(key)
+
+
+def _bare_key_names(module: nn.Module, incompatible_keys: Any) -> None:
+    """load_state_dict post-hook: report missing / unexpected keys by the names the checkpoint uses (no ``network.``)."""
+    prefix = getattr(module, "_loading_prefix", "")
+    inner = prefix + _CHILD
+    for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
+        keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]
 
 
 class BareStateDictWrapper(nn.Module):
@@ -55,6 +64,7 @@ class BareStateDictWrapper(nn.Module):
         self.network = network
         self.register_state_dict_post_hook(_strip_child_prefix)
         self.register_load_state_dict_pre_hook(_add_child_prefix)
+        self.register_load_state_dict_post_hook(_bare_key_names)
 
 
 class ImageOnly(BareStateDictWrapper):
