@@ -15,7 +15,6 @@ from monai_rat.networks.edsr import EDSR
 from monai_rat.networks.factory import RESTORATION_NETWORKS, restoration_network
 from monai_rat.networks.nafnet import NAFNet
 from monai_rat.networks.redcnn import REDCNN
-from monai_rat.networks.restormer import PaddedRestormer
 from monai_rat.networks.srcnn import SRCNN
 from monai_rat.networks.wrappers import BareStateDictWrapper, ImageOnly
 
@@ -30,3 +29,12 @@ __all__ += [
     "RESTORATION_NETWORKS",
     "restoration_network",
 ]
+
+
+def __getattr__(name: str):
+    """``PaddedRestormer`` on first use: it imports ``monai.networks.nets``, which takes seconds."""
+    if name == "PaddedRestormer":
+        from monai_rat.networks.restormer import PaddedRestormer
+
+        return PaddedRestormer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ from monai_rat.networks.nafnet import NAFNet
 from monai_rat.networks.rat import RAT
 from monai_rat.networks.rdst import RDST
 from monai_rat.networks.redcnn import REDCNN
-from monai_rat.networks.restormer import PaddedRestormer
 from monai_rat.networks.srcnn import SRCNN
 from monai_rat.networks.wrappers import ImageOnly
 
@@ -23,12 +22,20 @@ __all__ = ["RESTORATION_NETWORKS", "restoration_network"]
 #: the names :func:`restoration_network` accepts (RAT first, then the learned baselines)
 RESTORATION_NETWORKS = ("rat", "nafnet", "redcnn", "restormer", "srcnn", "edsr", "rdst")
 
-# name -> (class, the class argument that ``feature_size`` sets, extra defaults)
-_NETWORKS: dict[str, tuple[Callable[..., nn.Module], str, dict[str, Any]]] = {
+
+
+def _padded_restormer() -> Callable[..., nn.Module]:
+    from monai_rat.networks.restormer import PaddedRestormer  # imports monai.networks.nets (seconds): on demand
+
+    return PaddedRestormer
+
+
+# name -> (class, or a function returning it; the class argument that ``feature_size`` sets; extra defaults)
+_NETWORKS: dict[str, tuple[Callable[..., Any], str, dict[str, Any]]] = {
     "rat": (RAT, "feature_size", {}),
     "nafnet": (NAFNet, "feature_size", {}),
     "redcnn": (REDCNN, "feature_size", {}),
-    "restormer": (PaddedRestormer, "dim", {}),
+    "restormer": (_padded_restormer, "dim", {}),
     "srcnn": (SRCNN, "feature_size", {}),
     "edsr": (EDSR, "feature_size", {"upscale": 1}),
     "rdst": (RDST, "feature_size", {"upscale": 1}),
@@ -94,6 +101,8 @@ def restoration_network(
     if key not in _NETWORKS:
         raise ValueError(f"Unknown restoration network {name!r}; valid names: {', '.join(RESTORATION_NETWORKS)}.")
     cls, width_arg, defaults = _NETWORKS[key]
+    if not isinstance(cls, type):
+        cls = cls()
     extra = dict(network_kwargs or {})
     for k in extra:
         if k in kwargs:
