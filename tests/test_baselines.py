@@ -374,8 +374,13 @@ def runs(tmp_path_factory) -> dict:
     ckpt = str(out["ct"] / "models" / "model.pt")
     infer = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--ckpt_path", ckpt,
              "--feature_size", "8", *reg]  # fmt: skip
+    # and the pathology evaluation (ConditionRegionsNetwork + sliding windows) with the edsr checkpoint
+    evaluate = ["run", "evaluating", "--config_file", "['bundles/pathology/train.json','bundles/pathology/evaluate.json']",
+                "--output_dir", str(out["pathology"]), *reg, "--feature_size", "8", "--network_name", "edsr",
+                "--network_kwargs", "{'num_res_blocks': 2}"]  # fmt: skip
     inf = run_bundle_commands(
-        [[*infer, "--output_dir", str(out["infer"]), "--network_name", "redcnn"], [*infer, "--output_dir", str(work / "as_rat")]],
+        [[*infer, "--output_dir", str(out["infer"]), "--network_name", "redcnn"], [*infer, "--output_dir", str(work / "as_rat")],
+         evaluate],
         cache, work / "logs_infer", timeout=300,
     )  # fmt: skip
     return {"out": out, "results": results, "infer": inf, "hu": hu, "ckpt": ckpt, "work": work}
@@ -409,7 +414,7 @@ def test_bundle_trains_the_named_network(runs, bundle, name, kwargs, channels):
 def test_ct_inference_loads_the_baseline_checkpoint_and_only_with_its_name(runs):
     import nibabel as nib
 
-    ok, as_rat = runs["infer"]
+    ok, as_rat, _ = runs["infer"]
     assert ok["returncode"] == 0, ok["output"][-5000:]
     written = nib.load(runs["out"]["infer"] / "odd_rat.nii.gz").get_fdata()
     assert written.shape == runs["hu"].shape
@@ -422,6 +427,14 @@ def test_ct_inference_loads_the_baseline_checkpoint_and_only_with_its_name(runs)
     # the default network (RAT) cannot load a redcnn checkpoint: the command fails and says why
     assert as_rat["returncode"] != 0
     assert "Missing key" in as_rat["output"] or "size mismatch" in as_rat["output"] or "Unexpected key" in as_rat["output"]
+
+
+def test_pathology_evaluation_runs_the_baseline_through_sliding_windows(runs):
+    res = runs["infer"][2]
+    assert res["returncode"] == 0, res["output"][-5000:]
+    summary = json.loads((runs["out"]["pathology"] / "eval" / "summary.json").read_text())["metrics"]
+    assert summary["val_psnr"]["n"] == summary["input_psnr"]["n"] > 0
+    assert np.isfinite(summary["val_psnr"]["mean"]) and np.isfinite(summary["val_ssim"]["mean"])
 
 
 def test_bare_config_network_switch_ids():
