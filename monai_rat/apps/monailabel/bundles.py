@@ -294,7 +294,8 @@ class RATBundle:
             raise CheckpointError(
                 f"Model {self.name!r}: checkpoint {self.ckpt_path} does not fit the network in {self.config_file} "
                 f"(overrides {self.overrides or 'none'}): {str(e).splitlines()[0]} ... A demo checkpoint needs "
-                f"--conf {self.name}.feature_size 16; the paper's model is feature_size 64."
+                f"--conf {self.name}.feature_size 16; the paper's model is feature_size 64. A checkpoint belongs to one "
+                f"network: a learned baseline's needs its name, e.g. --conf {self.name}.network_name redcnn."
             ) from e
         return net.to(device).eval()
 
