@@ -27,6 +27,12 @@ from monai_rat.transforms import (
 )
 from monai_rat.transforms.classical import _resample_psd
 
+# bm3d (non-commercial licence) comes with the optional `baselines` extra; the README's test command installs it
+needs_bm3d = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("bm3d") is None,
+    reason="the bm3d package is not installed (pip install 'monai-rat[baselines]')",
+)
+
 
 def phantom(n: int = 48, channels: int = 1) -> np.ndarray:
     """Piecewise-smooth (a step, a disc, a ramp) plus a little texture, in [0, 1], (C, n, n) float32."""
@@ -71,6 +77,7 @@ def test_tuned_denoiser_beats_the_noisy_input(method):
     assert result.best_psnr > psnr(clean, noisy) + 2.0, (method, result.best_psnr, psnr(clean, noisy))
 
 
+@needs_bm3d
 def test_bm3d_at_the_true_noise_std_beats_the_noisy_input():
     clean = phantom(32)
     noisy = clean + white(clean.shape, 0.05, 2)
@@ -79,6 +86,7 @@ def test_bm3d_at_the_true_noise_std_beats_the_noisy_input():
     assert psnr(clean, restored) > psnr(clean, noisy) + 4.0
 
 
+@needs_bm3d
 def test_bm3d_with_the_noise_psd_beats_white_bm3d_on_correlated_noise():
     """Each at its own tuned parameter; the PSD estimated from other (validation) noise realisations."""
     n = 32
@@ -93,6 +101,7 @@ def test_bm3d_with_the_noise_psd_beats_white_bm3d_on_correlated_noise():
     assert white_bm3d.best_psnr > psnr(clean, noisy)
 
 
+@needs_bm3d
 def test_rgb_denoisers_keep_shape_and_improve():
     clean = phantom(32, channels=3)
     noisy = clean + white(clean.shape, 0.05, 3)
@@ -147,6 +156,7 @@ def test_a_psd_is_resampled_exactly_when_the_correlation_fits_both_grids():
     np.testing.assert_allclose(_resample_psd(big, (32, 32)), small, rtol=1e-9, atol=1e-12)
 
 
+@needs_bm3d
 def test_bm3d_with_psd_factor_one_equals_bm3d_with_the_white_std():
     x = phantom(32) + white((1, 32, 32), 0.05, 4)
     flat = np.full((32, 32), 32 * 32 * 0.05**2)
@@ -330,10 +340,6 @@ def test_bad_images_are_named():
         tv(bad)
     with pytest.raises(TypeError, match="floating point.*uint8"):
         tv(np.zeros((1, 16, 16), np.uint8))
-    with pytest.raises(ValueError, match="at least 8 x 8"):
-        ClassicalRestore("bm3d", 0.1)(np.zeros((1, 6, 16), np.float32))
-    with pytest.raises(ValueError, match="2 channels, the image 3"):
-        ClassicalRestore("bm3d", noise_psd=np.ones((2, 16, 16)))(np.zeros((3, 16, 16), np.float32))
     with pytest.raises(ValueError, match="as many targets as inputs"):
         tune_classical("tv", [phantom(16)], [], progress=False)
     with pytest.raises(ValueError, match="input 0 has shape"):
@@ -344,8 +350,22 @@ def test_bad_images_are_named():
         estimate_noise_psd([phantom(16), phantom(8)], [phantom(16), phantom(8)])
 
 
+@needs_bm3d
+def test_bad_bm3d_images_are_named():
+    with pytest.raises(ValueError, match="at least 8 x 8"):
+        ClassicalRestore("bm3d", 0.1)(np.zeros((1, 6, 16), np.float32))
+    with pytest.raises(ValueError, match="2 channels, the image 3"):
+        ClassicalRestore("bm3d", noise_psd=np.ones((2, 16, 16)))(np.zeros((3, 16, 16), np.float32))
+
+
 def test_every_listed_method_is_constructible():
     parameters = {"identity": None, "gaussian": 1.0, "tv": 0.1, "nlm": 0.1, "bm3d": 0.1, "bicubic": 2, "lanczos": 2}
     assert set(parameters) == set(CLASSICAL_METHODS)
     for method, parameter in parameters.items():
         assert ClassicalRestore(method, parameter).method == method
+
+
+def test_missing_bm3d_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "bm3d", None)  # `import bm3d` now raises ImportError
+    with pytest.raises(ImportError, match=r"monai-rat\[baselines\].*|non-commercial"):
+        ClassicalRestore("bm3d", 0.1)(phantom(16))

@@ -365,8 +365,11 @@ class ClassicalRestore(Transform):
     def _bm3d(self, x: np.ndarray, where: str) -> np.ndarray:
         try:
             import bm3d
-        except ImportError as e:  # pragma: no cover - bm3d is an install requirement
-            raise ImportError(f"{where} needs the `bm3d` package: pip install 'bm3d>=4.0'.") from e
+        except ImportError as e:
+            raise ImportError(
+                f"{where}: method 'bm3d' needs the `bm3d` package, an optional extra because its licence is for "
+                "non-commercial use only: pip install 'monai-rat[baselines]' (or pip install 'bm3d>=4.0')."
+            ) from e
         c, h, w = x.shape
         if min(h, w) < 8:
             raise ValueError(f"{where}: BM3D needs an image of at least 8 x 8 pixels (its block size), got {x.shape}.")
