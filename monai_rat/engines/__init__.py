@@ -6,7 +6,7 @@ from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inf
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import select_schedule, validation_rounds
+from monai_rat.engines.schedule import WarmupCosine, select_schedule, validation_rounds, warmup_cosine_schedule
 
 __all__ = [
     "ApplyToKindsd",
@@ -21,4 +21,6 @@ __all__ = [
     "inference_datalist",
     "select_schedule",
     "validation_rounds",
+    "WarmupCosine",
+    "warmup_cosine_schedule",
 ]
