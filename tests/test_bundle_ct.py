@@ -176,7 +176,11 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     assert odd.shape == (100, 72) and np.isfinite(odd).all()
     assert np.abs(odd - hu[:100, :72]).mean() < 500  # in HU, near the input (4 training iterations)
     assert nib.load(out_dir / "slice_rat.nii.gz").get_fdata().shape == (110, 90)  # MONAI's PNG axis order
-    assert nib.load(out_dir / "series" / "CT_small_rat.nii.gz").get_fdata().shape == (128, 128)
+    dicom_nifti = nib.load(out_dir / "series" / "CT_small_rat.nii.gz")
+    assert dicom_nifti.shape == (128, 128)
+    ref = pydicom.dcmread(src / "series" / "CT_small.dcm")
+    # the slice keeps its place: z row = (0, 0, SliceThickness, ImagePositionPatient z), not (0, 0, 1, 0)
+    np.testing.assert_allclose(dicom_nifti.affine[2], [0, 0, float(ref.SliceThickness), float(ref.ImagePositionPatient[2])], atol=1e-4)
     written = list((out_dir / "dicom").rglob("*.dcm"))
     assert len(written) == 1  # DICOM out for the DICOM input only
     ds, ref = pydicom.dcmread(written[0]), pydicom.dcmread(src / "series" / "CT_small.dcm")
