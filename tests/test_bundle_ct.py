@@ -185,6 +185,7 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     assert len(written) == 1  # DICOM out for the DICOM input only
     ds, ref = pydicom.dcmread(written[0]), pydicom.dcmread(src / "series" / "CT_small.dcm")
     assert ds.PatientID == ref.PatientID and ds.SeriesInstanceUID != ref.SeriesInstanceUID
+    assert int(ds.SeriesNumber) != int(ref.SeriesNumber)  # the derived series is numbered on its own
     assert ds.SOPInstanceUID != ref.SOPInstanceUID and ds.ImageType[0] == "DERIVED"
     assert ds.pixel_array.shape == ref.pixel_array.shape
 
