@@ -503,4 +503,6 @@ class _StoredSlice:
         from monai.data import MetaTensor
 
         arr = np.load(self.path, mmap_mode="r")[self.index, self.key_index]
-        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=dict(self.meta))
+        meta = dict(self.meta)
+        meta.pop("affine", None)  # given once, as `affine` (MONAI warns when the meta holds one too)
+        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=meta)
