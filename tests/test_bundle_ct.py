@@ -49,6 +49,7 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
     assert "To train on real data" in log and "--dataset_dir" in log
     assert "using superpixels" in log  # no SAM checkpoint configured: the fallback is logged
+    assert "nvImageCodec" not in log  # MONAI's optional-GPU-decoder notices are filtered (monai_rat.notices)
     assert (out_dir / "models" / "model.pt").is_file()
     assert (out_dir / "models" / "last.pt").is_file()
     rows = _rows(out_dir / "logs" / "metrics.csv")
