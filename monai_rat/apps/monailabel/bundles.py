@@ -178,7 +178,8 @@ class RATBundle:
     """One bundle's inference settings, read with MONAI's ``ConfigParser`` from its ``inference.json``.
 
     ``bundle_root`` is set to the bundle folder (absolute), so relative defaults such as
-    ``models/model.pt`` and ``cache/regions`` resolve inside the bundle wherever the server runs; then
+    ``models/model.pt`` resolve inside the bundle wherever the server runs (the region cache defaults to
+    the user cache, :func:`monai_rat.data.default_cache_dir`); then
     ``overrides`` are applied (see :func:`parse_overrides`).
 
     Args:
