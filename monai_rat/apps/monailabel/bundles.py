@@ -234,7 +234,9 @@ class RATBundle:
         fmt = self.metadata.get("network_data_format", {})
         self.input_format: dict = dict(fmt.get("inputs", {}).get("image", {}))
         self.modality = str(self.input_format.get("modality", ""))
-        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser()
+        # a relative path (e.g. `--conf ct.ckpt_path bundles/ct/runs/demo/models/model.pt`) is relative to the
+        # directory the server starts in, as on a command line
+        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser().absolute()
         extra = parser.get("prepare_batch", {}) or {}
         self.regions_key = str(dict(extra.get("extra_keys", {}) or {}).get("regions", "regions"))
 
