@@ -5,9 +5,10 @@ or the images of a MONAI datalist JSON, makes each image's region map with
 :class:`monai_rat.transforms.RegionPartition` (SAM with ``--checkpoint``, superpixels otherwise),
 stores it in the on-disk cache and writes it in the input's format and orientation:
 ``<output>/<relative path>_regions.png`` for a picture (PNG, JPEG, TIFF, BMP: a label image with the
-picture's rows and columns, 8-bit when the labels fit, else 16-bit), ``<output>/<relative path>_regions.nii.gz``
-for anything else (NIfTI with the input's affine: the file's own affine for NIfTI, the affine MONAI's
-reader gives for DICOM, slice position included). A second run finds every map in the cache (resume). Under ``torchrun`` each rank takes
+picture's rows and columns, 8-bit when the labels fit, else 16-bit) and
+``<output>/<relative path>_regions.nii.gz`` for anything else (NIfTI with the input's affine: the file's
+own affine for NIfTI, the affine MONAI's reader gives for DICOM, slice position included).
+A second run finds every map in the cache (resume). Under ``torchrun`` each rank takes
 ``items[RANK::WORLD_SIZE]``. Prints a summary with per-image times and writes it as JSON.
 """
 
