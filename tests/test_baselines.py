@@ -368,7 +368,7 @@ def runs(tmp_path_factory) -> dict:
     # the CT inference command on an odd-size slice of the demo's validation set, with the redcnn checkpoint
     src = work / "infer_in"
     src.mkdir()
-    low = sorted(cache.glob("ct_demo_*/low_dose/ellipses_val_000.nii.gz"))[0]
+    low = sorted(cache.glob("ct_demo_*/low_dose/phantom_vali_000.nii.gz"))[0]
     hu = np.asarray(nib.load(low).get_fdata(), dtype=np.float32)[:45, :63]
     nib.save(nib.Nifti1Image(hu, np.eye(4)), src / "odd.nii.gz")
     ckpt = str(out["ct"] / "models" / "model.pt")
