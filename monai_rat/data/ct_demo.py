@@ -150,8 +150,8 @@ def textured_phantom(size: int, rng: np.random.Generator, kind: str = "body") ->
     (trabecular pattern); 5-24 small bright dots (vessels, calcifications); a Gaussian blur of 0.4-0.8
     pixels (partial-volume edges).
 
-    ``"head"``: skin, a skull ring of dense cortical bone (1100-1900 HU, 3-9 pixels thick, with a
-    lower-density diploe), brain with a grey / white matter pattern (22-42 HU) and fine texture,
+    ``"head"``: skin, a skull ring of dense cortical bone (1100-1900 HU, 4-9 mm thick at the default
+    320 mm field of view, with a lower-density diploe), brain with a grey / white matter pattern (22-42 HU) and fine texture,
     ventricles, calcifications, air cavities (sinuses) at the front, skull-base bone islands, sometimes
     a head-holder arc; a Gaussian blur of 0.3-0.6 pixels. Dense, sharp bone next to soft tissue is
     what a body phantom lacks and head CT has.
@@ -229,12 +229,13 @@ def textured_phantom(size: int, rng: np.random.Generator, kind: str = "body") ->
 
 def _head(shape, rng, yy, ellipse) -> np.ndarray:
     """The unblurred head of :func:`textured_phantom` (``kind="head"``)."""
-    size = shape[0]
     img = np.full(shape, -1000.0)
-    ay, ax = rng.uniform(0.7, 0.9), rng.uniform(0.55, 0.75)
+    # semi-axes 0.55-0.7 / 0.45-0.6 of the half field of view: a 180-220 x 145-190 mm head at the default
+    # 320 mm; skin 3-8 mm and skull 4-9 mm thick at any image size (a real skull is 4-10 mm)
+    ay, ax = rng.uniform(0.55, 0.7), rng.uniform(0.45, 0.6)
     angle = rng.uniform(-0.3, 0.3)
-    px = 2.0 / size  # one pixel in the [-1, 1] coordinates
-    skin, skull = rng.uniform(2, 5) * px, rng.uniform(3, 9) * px
+    mm = 2.0 / 320.0  # one millimetre in the [-1, 1] coordinates of the default field of view
+    skin, skull = rng.uniform(3, 8) * mm, rng.uniform(4, 9) * mm
     head = ellipse(0, 0, ay, ax, angle)
     img[head] = (rng.uniform(20, 60) + 5.0 * _random_field(shape, rng, 1.5))[head]
     outer = ellipse(0, 0, ay - skin, ax - skin, angle)
