@@ -285,8 +285,12 @@ class AtomicCheckpointSaver:
                     )
                     sched = objects[k]
                     sched.load_state_dict({**loaded, **{n: conf[n] for n in changed}})
+                    lrs = None
                     if hasattr(sched, "_get_closed_form_lr"):  # put the lr on the new curve (e.g. cosine)
                         lrs = sched._get_closed_form_lr()
+                    elif isinstance(sched, torch.optim.lr_scheduler.LambdaLR):  # warmup_cosine_schedule
+                        lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+                    if lrs is not None:
                         for group, lr in zip(sched.optimizer.param_groups, lrs):
                             group["lr"] = lr
                         sched._last_lr = list(lrs)
