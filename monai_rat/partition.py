@@ -243,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
         FileNotFoundError: when the input or the checkpoint does not exist.
-        ValueError: for an invalid datalist or settings.
+        ValueError: for an invalid datalist or settings, or a SAM checkpoint that cannot be loaded
+            (checked once, before the first image).
     """
     from monai.transforms import LoadImage
     from tqdm import tqdm
@@ -281,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=cache_dir,
     )
     inner = partition.partitioner
+    if partition.method_used == "sam" and shard:
+        _check_sam_checkpoint(inner)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     logger.info(
         "rank %d/%d: %d of %d images, method %s, device %s, batch size %d, cache %s",
@@ -328,6 +331,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     (output_dir / name).write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
     return 1 if summary["failed"] else 0
+
+
+def _check_sam_checkpoint(inner: Any) -> None:
+    """Load the SAM model once, before the first image: a bad checkpoint fails here, once, naming the file.
+
+    Without this the model is loaded on the first cache miss, and a checkpoint that cannot be loaded
+    was read again (and failed again) for every image, each recorded as a failed image.
+
+    Raises:
+        FileNotFoundError: when the checkpoint file does not exist.
+        ValueError: when it is not a SAM state dict of ``--model-type`` (truncated, another model).
+    """
+    checkpoint = getattr(inner, "checkpoint", None)
+    if checkpoint is None:  # a given model: nothing to read
+        return
+    try:
+        inner.model  # noqa: B018 - loads (and memoises) the model
+    except (ValueError, OSError) as e:  # load_sam's: they name the file
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise kind(
+            f"{str(e).strip().rstrip('.')}. No image was processed: pass a SAM checkpoint of --model-type "
+            f"{getattr(inner, 'model_type', '?')!r} with --checkpoint (e.g. sam_vit_b_01ec64.pth for vit_b)."
+        ) from e
 
 
 def _compute(inner: Any, loaded: list, records: list) -> None:

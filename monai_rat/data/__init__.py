@@ -42,3 +42,4 @@ from .pathology_demo import (
     pathology_load_transforms,
 )
 from .pair_check import NO_GEOMETRY_SUFFIXES, check_inputs, check_pairs, pair_problems
+from .writers import AtomicITKWriter, AtomicNibabelWriter, AtomicPILWriter
