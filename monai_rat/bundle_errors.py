@@ -145,6 +145,11 @@ def report(
         debug: print the whole traceback (default: :func:`debug_requested`).
     """
     file = file if file is not None else sys.stderr
+    for stream in (sys.stdout, sys.stderr):  # log lines still buffered (stdout into a file or pipe) go out first
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
     if exc is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
         _installed.get("previous", sys.__excepthook__)(exc_type, exc, tb)
         return

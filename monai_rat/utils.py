@@ -49,8 +49,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     name = os.path.basename(path)
     suffix = "".join(s for s in (".nii.gz",) if name.lower().endswith(s)) or os.path.splitext(name)[1]
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)  # reopened by name, so that ``f.name`` is the temporary file's path
     try:
-        with os.fdopen(fd, mode.replace("x", "w"), **open_kwargs) as f:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -115,6 +115,8 @@ class MetricsHistory:
         os.replace(self.json_path, aside)
         rows = _csv_rows(self.csv_path)
         found = f"recovered {len(rows)} row(s) from {self.csv_path}" if rows else "starting a new history"
+        with atomic_write(self.json_path) as f:
+            json.dump({"history": rows}, f, indent=1)
         self.logger.warning(
             f"Metric log {self.json_path} is not readable ({reason}); it was probably cut short by a kill during a "
             f"write. Renamed it to {aside} and {found}."
