@@ -96,6 +96,16 @@ def _cases(w: Path) -> dict:
     train("2_loss_diverges", _datalist(w / "2d.json", [good], [good]),
           ["Stopped: the training loss is", "at iteration 2", good["image"], good["label"], "before the optimiser step"],
           "--learning_rate", "1e30", check="no_checkpoint")  # fmt: skip
+    # the PET bundle: an infinite value in a full-dose volume (its slicer only looked for NaN)
+    pet = w / "2_pet"
+    for name in ("P1", "P2", "P3"):
+        vol = np.random.default_rng(0).random((40, 40, 3)) + 0.5
+        _nii(pet / "low_dose" / f"{name}.nii.gz", vol)
+        _nii(pet / "full_dose" / f"{name}.nii.gz", _with(vol, np.inf) if name == "P2" else vol)
+    cases["2_pet_inf_label"] = (["run", "training", "--config_file", "bundles/pet/train.json", "--dataset_dir", str(pet),
+                                 "--output_dir", str(w / "runs" / "2_pet_inf_label"), "--region_cache_dir",
+                                 str(w / "regions"), "--slice_cache_dir", str(w / "slices"), *TRAIN],
+                                [str(pet / "full_dose" / "P2.nii.gz"), "0 NaN and 3 infinite value(s)"], "stops_before_training")  # fmt: skip
     # --skip_bad_pairs: the bad pair is dropped, named in the log, and training runs on the rest
     train("2_skip_bad_pairs", _datalist(w / "2e.json", [good, {"image": low, "label": full}], [good]), [],
           "--skip_bad_pairs", "true", check="trains")  # fmt: skip
@@ -166,6 +176,7 @@ FAILING = [
     "2_inf_training_image",
     "2_nan_validation_label",
     "2_loss_diverges",
+    "2_pet_inf_label",
     "4_folder_with_a_bad_file",
     "5_smaller_than_patch",
     "6_nan_nifti",
