@@ -132,7 +132,7 @@ def _cases(w: Path) -> dict:
     infer("6_nan_nifti", _nii(w / "6" / "nan.nii.gz", _with(_hu((48, 48)), np.nan)), [str(w / "6" / "nan.nii.gz"), "holds 1 NaN"])
     rgb = w / "6" / "rgb.png"
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(rgb)
-    infer("6_rgb_png_to_ct", str(rgb), [str(rgb), "has 3 channel(s)", "expected 1 (a grey-scale image)"])
+    infer("6_rgb_png_to_ct", str(rgb), [str(rgb), "has 3 channel(s) (spatial shape (48, 48)), expected 1 (a grey-scale image)"])
     trunc = w / "6" / "truncated.pt"
     infer("6_truncated_checkpoint", good["image"], [str(trunc), "is not a complete PyTorch checkpoint"], ckpt_path=str(trunc))
     infer("6_checkpoint_of_another_feature_size", good["image"], [ckpt, "does not fit the network", "feature_size"],
@@ -271,10 +271,15 @@ def test_partition_cli_checks_a_bad_sam_checkpoint_once(tmp_path, monkeypatch):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(good.read_bytes()[:2000])
     out = tmp_path / "out"
-    args = [str(images), "-o", str(out), "--checkpoint", str(bad), "--model-type", "tiny_test_issue15", "--no-progress"]
-    with pytest.raises(ValueError, match=rf"checkpoint '{bad}' could not be read .*No image was processed"):
-        main(args)
-    assert len(builds) == 1  # read once, not once per image
+    args = [str(images), "-o", str(out), "--model-type", "tiny_test_issue15", "--no-progress"]
+    with pytest.raises(ValueError, match=rf"--checkpoint '{bad}' is not a readable PyTorch checkpoint .*No image was processed"):
+        main([*args, "--checkpoint", str(bad)])
+    assert not builds  # found before the first image, without building the model
+    other = tmp_path / "other_size.pth"  # readable, but of another model
+    torch.save(tiny_sam(embed_dim=16).state_dict(), other)
+    with pytest.raises(ValueError, match=rf"checkpoint '{other}' does not fit model_type 'tiny_test_issue15'"):
+        main([*args, "--checkpoint", str(other)])
+    assert len(builds) == 1  # built and checked once, not once per image
     assert not list(out.rglob("*_regions.nii.gz"))
 
 
@@ -357,7 +362,7 @@ def test_pair_check_geometry_and_progress(tmp_path, caplog):
         check_pairs([{"image": a, "label": str(shifted)}, {"image": a, "label": str(spaced)}], progress=False)
     lines = str(err.value).splitlines()
     assert "b.nii.gz" in lines[1] and "origins" in lines[1] and "more than 0.1 voxel" in lines[1]
-    assert "c.nii.gz" in lines[2] and "different voxel spacing (1, 1) vs (0.5, 0.5)" in lines[2]
+    assert "c.nii.gz" in lines[2] and "different voxel spacing (1, 1" in lines[2] and "vs (0.5, 0.5" in lines[2]
     for name in ("p", "q"):
         Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / f"{name}.png")
     items = [{"image": str(tmp_path / "p.png"), "label": str(tmp_path / "q.png")}] * 3
@@ -377,3 +382,31 @@ def test_demo_pair_check_is_fast(tmp_path):
     t0 = time.perf_counter()
     check_pairs(items, min_size=[64, 64], channels=1, spatial_dims=2, progress=False)
     assert time.perf_counter() - t0 < 10  # about 0.7 s here, on a busy 2-core machine
+
+
+def test_the_reason_is_found_inside_a_dataloader_worker_error(tmp_path):
+    """With num_workers > 0 (the paper schedules) the reason comes back as text inside the worker's error."""
+    import io
+
+    from monai.data import DataLoader, Dataset
+
+    from monai_rat.bundle_errors import reason, report
+    from monai_rat.data import LoadImageCheckedd
+
+    bad = tmp_path / "truncated.nii.gz"
+    _nii(bad, _hu((32, 32)))
+    bad.write_bytes(bad.read_bytes()[:200])
+    loader = DataLoader(Dataset([{"image": str(bad)}], transform=LoadImageCheckedd("image")), num_workers=1)
+    with pytest.raises(Exception) as err:
+        next(iter(loader))
+    name, message, ours, outermost = reason(err.value)
+    assert (name, ours, outermost) == ("ValueError", True, False), (name, message)
+    assert message.startswith(f"Cannot read '{bad}' ("), message
+    out = io.StringIO()
+    report(type(err.value), err.value, err.value.__traceback__, file=out, debug=False)
+    assert _last_line(out.getvalue()).startswith(f"ValueError: Cannot read '{bad}'")
+    assert "Traceback" not in out.getvalue()
+    out = io.StringIO()
+    report(type(err.value), err.value, err.value.__traceback__, file=out, debug=True)
+    assert "Traceback (most recent call last)" in out.getvalue()
+    assert _last_line(out.getvalue()).startswith(f"ValueError: Cannot read '{bad}'")

@@ -59,15 +59,19 @@ def _has_geometry(name: str) -> bool:
     return bool(name) and not name.lower().endswith(NO_GEOMETRY_SUFFIXES)
 
 
-def _geometry_mismatch(a: Any, b: Any, rank: int, tolerance: float) -> str | None:
-    """How the grids of two MetaTensors differ (``None`` when they agree or cannot be compared)."""
+def _geometry_mismatch(a: Any, b: Any, tolerance: float) -> str | None:
+    """How the grids of two MetaTensors differ (``None`` when they agree or cannot be compared).
+
+    Every axis of the affines is compared, a singleton one too (e.g. the slice position of a DICOM
+    slice, which is what pairs a low-dose slice with its full-dose one).
+    """
     fa, fb = getattr(a, "affine", None), getattr(b, "affine", None)
     if fa is None or fb is None:
         return None
     fa, fb = np.asarray(fa, dtype=np.float64), np.asarray(fb, dtype=np.float64)
     if fa.shape != fb.shape or fa.ndim != 2 or fa.shape[0] < 2:
         return None
-    r = min(rank, fa.shape[0] - 1)
+    r = fa.shape[0] - 1
     axes_a, axes_b = fa[:r, :r], fb[:r, :r]
     spacing = np.linalg.norm(axes_a, axis=0)
     if not np.allclose(axes_a, axes_b, rtol=1e-3, atol=1e-3 * max(float(spacing.max()), 1e-6)):
@@ -125,8 +129,8 @@ def pair_problems(
         shape = tuple(int(n) for n in x.shape)
         if channels is not None and shape[0] != int(channels):
             problems.append(
-                f"{names[k]!r} ({k}) has {shape[0]} channel(s) (shape {shape[1:]} x {shape[0]} channels as read), "
-                f"expected {int(channels)}{' (a grey-scale image)' if int(channels) == 1 else ''}"
+                f"{names[k]!r} ({k}) has {shape[0]} channel(s) (spatial shape {shape[1:]}), expected {int(channels)}"
+                f"{' (a grey-scale image)' if int(channels) == 1 else ' (RGB)' if int(channels) == 3 else ''}"
             )
         if spatial_dims is not None and len(planes[k]) != int(spatial_dims):
             problems.append(
@@ -149,7 +153,7 @@ def pair_problems(
                 f"{planes[k]}; a pair must be on the same grid (nothing is resized or cropped to match)"
             )
         elif _has_geometry(names[ref_key]) and _has_geometry(names[k]):
-            why = _geometry_mismatch(ref, data[k], len(planes[ref_key]), geometry_tolerance)
+            why = _geometry_mismatch(ref, data[k], geometry_tolerance)
             if why:
                 problems.append(f"{ref_key} {names[ref_key]!r} and {k} {names[k]!r} are not on the same grid: {why}")
     if min_size is not None:
