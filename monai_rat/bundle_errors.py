@@ -8,8 +8,9 @@ lines above the last line, which is the one a user reads. :func:`install` replac
 :func:`report`, which finds the reason in the exception chain (the outermost exception that is not
 one of MONAI's wrappers) and prints it last:
 
-- the reason was raised by monai-rat (our errors name the input, what was expected, what was found
-  and what to do): a one-line note on how to get the whole traceback, then the reason;
+- the reason was raised on purpose by monai-rat (a ``raise`` statement in the package: our errors name
+  the input, what was expected, what was found and what to do): a one-line note on how to get the
+  whole traceback, then the reason;
 - anything else (a bug, an error from another library): the whole traceback as Python prints it, then
   the reason again when MONAI had wrapped it, so nothing is hidden.
 
@@ -89,13 +90,14 @@ def _from_worker(message: str) -> tuple[str, str, bool] | None:
     found = []
     for block in blocks:
         lines = block.splitlines()
-        frames = [ln for ln in lines if ln.startswith("  File ")]
+        frames = [i for i, ln in enumerate(lines) if ln.startswith("  File ")]
         last_frame = max((i for i, ln in enumerate(lines) if ln.startswith("  ")), default=-1)
         tail = "\n".join(lines[last_frame + 1 :]).strip()
         m = re.match(r"^([A-Za-z_][\w.]*): ?(.*)$", tail, re.S)
         if not m:
             continue
-        ours = bool(frames) and _PACKAGE_DIR in frames[-1]
+        code = lines[frames[-1] + 1].strip() if frames and frames[-1] + 1 < len(lines) else ""
+        ours = bool(frames) and _PACKAGE_DIR in lines[frames[-1]] and code.startswith("raise")
         found.append((m.group(1).rsplit(".", 1)[-1], m.group(2).strip(), ours))
     for name, msg, ours in reversed(found):  # outermost first
         if not _WRAPPERS.match(msg):
@@ -104,8 +106,11 @@ def _from_worker(message: str) -> tuple[str, str, bool] | None:
 
 
 def _raised_by_us(exc: BaseException) -> bool:
+    """Raised on purpose by monai-rat: by a ``raise`` statement in the package (a bug's implicit error is not)."""
     tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
-    return bool(tb) and os.path.abspath(tb[-1].filename).startswith(_PACKAGE_DIR)
+    if not tb or not os.path.abspath(tb[-1].filename).startswith(_PACKAGE_DIR):
+        return False
+    return (tb[-1].line or "").lstrip().startswith("raise")
 
 
 def reason(exc: BaseException) -> tuple[str, str, bool, bool]:

@@ -410,3 +410,23 @@ def test_the_reason_is_found_inside_a_dataloader_worker_error(tmp_path):
     report(type(err.value), err.value, err.value.__traceback__, file=out, debug=True)
     assert "Traceback (most recent call last)" in out.getvalue()
     assert _last_line(out.getvalue()).startswith(f"ValueError: Cannot read '{bad}'")
+
+
+def test_a_bug_keeps_its_traceback():
+    """An error Python raises inside monai-rat's code (a bug, not a ``raise``) is printed with its whole traceback."""
+    import io
+
+    from monai_rat.bundle_errors import report
+    from monai_rat.utils import as_region_labels
+
+    try:
+        try:
+            as_region_labels(torch.zeros(1, 4, 4), batch=1, spatial=None)  # len(None): TypeError inside the package
+        except TypeError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression: \"$@evaluator.run()\"") from e
+    except RuntimeError as e:
+        out = io.StringIO()
+        report(type(e), e, e.__traceback__, file=out, debug=False)
+    text = out.getvalue()
+    assert "Traceback (most recent call last)" in text and "monai_rat/utils.py" in text
+    assert _last_line(text).startswith("TypeError: ")

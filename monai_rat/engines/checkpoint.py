@@ -351,11 +351,13 @@ def checkpoint_fit_problems(state: Mapping[str, Any], module: torch.nn.Module) -
         for k, v in expected.items()
         if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
     ]
-    parts = [
-        f"{len(wrong)} tensor(s) of another shape, e.g. {wrong[0]}" if wrong else "",
-        f"{len(missing)} of the network's tensors missing, e.g. {missing[0]!r}" if missing else "",
-        f"{len(unexpected)} tensor(s) the network does not have, e.g. {unexpected[0]!r}" if unexpected else "",
-    ]
+    parts = [  # PyTorch's words, so that a search for its error finds this one
+        f"size mismatch for {len(wrong)} tensor(s), e.g. {wrong[0]}" if wrong else "",
+        f"Missing key(s): {len(missing)} of the network's tensors are not in the checkpoint, e.g. {missing[0]!r}"
+        if missing else "",
+        f"Unexpected key(s): {len(unexpected)} tensor(s) the network does not have, e.g. {unexpected[0]!r}"
+        if unexpected else "",
+    ]  # fmt: skip
     parts = [p for p in parts if p]
     return "; ".join(parts) if parts else None
 
