@@ -25,7 +25,6 @@ loads anyway).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
