@@ -30,7 +30,8 @@ Splits (by anatomy: no patient or phantom is in two splits):
 
 - **training**: ``CT_small`` in 4 orientations (identity, left-right flip, up-down flip, 90-degree
   rotation), the Shepp-Logan phantom in 2 orientations and ``num_train - 6`` textured phantoms, each
-  with ``noise_draws`` independent low-dose draws (so ``num_train * noise_draws`` pairs);
+  with ``noise_draws`` independent low-dose draws at doses spread around the nominal one
+  (``dose_spread``; so ``num_train * noise_draws`` pairs);
 - **validation** (checkpoint choice, tuning of classical filters): the real head ``693_J2KI`` and
   ``num_val`` further textured phantoms;
 - **test** (reported scores): the real head ``J2K_pixelrep_mismatch`` and ``num_test`` further textured
@@ -349,6 +350,7 @@ def make_ct_demo(
     num_val: int = 8,
     num_test: int = 8,
     noise_draws: int = 4,
+    dose_spread: float = 2.0,
     real_size: int = 256,
     dose_fraction: float = 0.25,
     full_dose_photons: float = 1e5,
@@ -384,6 +386,12 @@ def make_ct_demo(
             relies on.
         noise_draws: independent low-dose draws per training source, >= 1 (default 4): more noise
             realisations of the same anatomy, so a network cannot learn the noise by heart.
+        dose_spread: the training draws of a source are made at doses spread evenly on a log scale
+            from ``dose_fraction / dose_spread`` to ``dose_fraction * dose_spread`` (default 2.0: from
+            1/8 to 1/2 of the full dose around quarter dose), so that every anatomy is seen at several
+            noise levels and a network cannot tie a noise level to a kind of image (small phantoms are
+            less noisy than large ones at one dose); 1.0 makes every draw at ``dose_fraction``.
+            Validation and test are always at ``dose_fraction``.
         real_size: side the two 512 x 512 real heads are resampled to (default 256), >= 32.
         dose_fraction: the low dose as a fraction of the full dose (default 0.25, quarter dose).
         full_dose_photons: incident photons per detector bin at full dose (default 1e5).
@@ -408,6 +416,8 @@ def make_ct_demo(
     for name, (value, low) in limits.items():
         if int(value) != value or int(value) < low:
             raise ValueError(f"make_ct_demo: `{name}` must be an integer >= {low}, got {value!r}.")
+    if not (np.isfinite(dose_spread) and dose_spread >= 1.0):
+        raise ValueError(f"make_ct_demo: `dose_spread` must be a number >= 1, got {dose_spread!r}.")
     settings = {
         "version": CT_DEMO_VERSION,
         "image_size": int(image_size),
@@ -415,6 +425,7 @@ def make_ct_demo(
         "num_val": int(num_val),
         "num_test": int(num_test),
         "noise_draws": int(noise_draws),
+        "dose_spread": float(dose_spread),
         "real_size": int(real_size),
         "dose_fraction": float(dose_fraction),
         "full_dose_photons": float(full_dose_photons),
@@ -495,14 +506,16 @@ def _build(folder: Path, s: dict, simulator_cls) -> dict:
         nib.save(nib.Nifti1Image(full.astype(np.float32), affine), str(folder / "full_dose" / f"{name}.nii.gz"))
         draws = s["noise_draws"] if split == "training" else 1
         for d in range(draws):
-            sim = simulator_cls(**kw)
+            # training draws spread evenly (on a log scale) over dose_fraction / spread .. dose_fraction * spread
+            factor = s["dose_spread"] ** (2 * d / (draws - 1) - 1) if draws > 1 else 1.0
+            sim = simulator_cls(**{**kw, "dose_fraction": s["dose_fraction"] * factor})
             sim.set_random_state(seed=(s["seed"] * 100003 + k * 101 + d) % (2**32))
             low = sim(hu[None])[0]
             low_name = f"{name}_d{d}" if draws > 1 else name
             nib.save(nib.Nifti1Image(low.astype(np.float32), affine), str(folder / "low_dose" / f"{low_name}.nii.gz"))
             datalist[split].append(
                 {"image": f"low_dose/{low_name}.nii.gz", "label": f"full_dose/{name}.nii.gz", "name": low_name,
-                 "source": source, "anatomy": anatomy}
+                 "source": source, "anatomy": anatomy, "dose_fraction": round(s["dose_fraction"] * factor, 6)}
             )
     with open(folder / "README.txt", "w") as f:
         f.write(
