@@ -40,6 +40,7 @@ from .pet_data import (
 )
 from .pathology_demo import (
     PATHOLOGY_DATA_HINT,
+    PATHOLOGY_DEMO_BLOCKS,
     PATHOLOGY_DEMO_VERSION,
     PATHOLOGY_EXTENSIONS,
     make_pathology_demo,
