@@ -10,7 +10,8 @@ Nothing is downloaded. Activity maps (arbitrary units, about 1 = grey-matter-lik
 - pydicom's test file ``JPEG2000.dcm`` (a real planar whole-body bone scan, an emission image of
   patient "8NM1", 1024 x 256): rows 112-367 (neck, shoulders, chest, upper abdomen; the bladder is
   left out) resampled to the in-plane size, negative values set to 0 and scaled so that the 99th
-  percentile of the body is 1.3;
+  percentile of the body is 1.3 (a planar projection, used here as if it were a slice: a real
+  emission pattern, not a real tomographic slice);
 - scikit-image's Shepp-Logan phantom (``skimage.data.shepp_logan_phantom``), its values (0..1) used as
   activity;
 - **textured activity phantoms** generated from a seed (:func:`textured_activity_phantom`): truly 3D
@@ -79,14 +80,21 @@ _SPLITS = ("training", "validation", "test")
 _SHORT = {"training": "train", "validation": "val", "test": "test"}  # file name prefixes
 
 
+def _pydicom_file(name: str) -> str:
+    from monai_rat.data.ct_demo import _pydicom_test_file
+
+    try:
+        return _pydicom_test_file(name)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(str(e).replace("make_ct_demo:", "make_pet_demo:")) from e
+
+
 def _mr_small_activity(size: int) -> np.ndarray:
     import pydicom
     from skimage.filters import threshold_multiotsu
     from skimage.transform import resize
 
-    from monai_rat.data.ct_demo import _pydicom_test_file
-
-    mr = pydicom.dcmread(_pydicom_test_file("MR_small.dcm")).pixel_array.astype(np.float64)
+    mr = pydicom.dcmread(_pydicom_file("MR_small.dcm")).pixel_array.astype(np.float64)
     classes = np.digitize(mr, threshold_multiotsu(mr, classes=len(PET_UPTAKE_RATIOS)))
     act = np.asarray(PET_UPTAKE_RATIOS)[classes]
     if act.shape != (size, size):
@@ -99,9 +107,7 @@ def _bone_scan_activity(size: int) -> np.ndarray:
     import pydicom
     from skimage.transform import resize
 
-    from monai_rat.data.ct_demo import _pydicom_test_file
-
-    path = _pydicom_test_file("JPEG2000.dcm")
+    path = _pydicom_file("JPEG2000.dcm")
     try:  # pydicom decodes JPEG 2000 with Pillow's OpenJPEG (fast); ITK, a dependency too, gives the same values
         scan = pydicom.dcmread(path).pixel_array.astype(np.float64)
     except Exception:  # noqa: BLE001 - no JPEG 2000 plugin for pydicom in this install
