@@ -1,10 +1,14 @@
 """Engine-side helpers for the monai-rat bundles: region-aware loss adapter, atomic resumable checkpoints,
-metric logs, schedule selection and a one-input network view for MONAI's bundle tools."""
+metric logs, evaluation baselines and panels, schedule selection and a one-input network view for MONAI's bundle tools."""
+
+import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
+from monai_rat.engines.baselines import ClassicalBaselines
 
 from monai_rat.engines.checkpoint import AtomicCheckpointSaver, atomic_torch_save
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
+from monai_rat.engines.panels import RestorationPanels
 from monai_rat.engines.region_loss import RegionLossAdapter
 from monai_rat.engines.schedule import select_schedule, validation_rounds
 
@@ -12,10 +16,12 @@ __all__ = [
     "ApplyToKindsd",
     "CopyMetad",
     "AtomicCheckpointSaver",
+    "ClassicalBaselines",
     "MetricsHistory",
     "MetricsSummary",
     "RegionLossAdapter",
     "RegionMapNetwork",
+    "RestorationPanels",
     "atomic_torch_save",
     "file_kind",
     "inference_datalist",
