@@ -4,24 +4,31 @@ metric logs, evaluation baselines and panels, schedule selection and a one-input
 import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
 from monai_rat.engines.baselines import ClassicalBaselines
 
-from monai_rat.engines.checkpoint import AtomicCheckpointSaver, atomic_torch_save
+from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckpointLoadError, NetworkCheckpointLoader, atomic_torch_save
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
+from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.panels import RestorationPanels
 from monai_rat.engines.region_loss import RegionLossAdapter
 from monai_rat.engines.schedule import select_schedule, validation_rounds
+from monai_rat.engines.tensorboard import TensorBoardValidationImages
 
 __all__ = [
     "ApplyToKindsd",
     "CopyMetad",
+    "InferenceManifest",
+    "InferenceProgress",
     "AtomicCheckpointSaver",
+    "CheckpointLoadError",
+    "NetworkCheckpointLoader",
     "ClassicalBaselines",
     "MetricsHistory",
     "MetricsSummary",
     "RegionLossAdapter",
     "RegionMapNetwork",
     "RestorationPanels",
+    "TensorBoardValidationImages",
     "atomic_torch_save",
     "file_kind",
     "inference_datalist",

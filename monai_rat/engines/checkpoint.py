@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AtomicCheckpointSaver", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointSaver", "CheckpointLoadError", "NetworkCheckpointLoader", "atomic_torch_save"]
 
 #: LR-scheduler state entries that record progress; every other entry (T_max, eta_min, base_lrs ...) is
 #: configuration, which a resumed run takes from its current config.
@@ -305,3 +305,162 @@ class AtomicCheckpointSaver:
             f"Resumed from {self.path} at iteration {engine.state.iteration} (round {engine.state.epoch} of "
             f"{engine.state.max_epochs})."
         )
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint that cannot be used: missing, unreadable, or of another network (one line: the file and what to pass)."""
+
+
+def _record_of(module: Any) -> dict | None:
+    """The network record of ``module`` or of the network it wraps (``.network``, ``.module``), if any."""
+    seen = 0
+    while module is not None and seen < 8:
+        record = getattr(module, "network_record", None)
+        if record is not None:
+            return dict(record)
+        module = getattr(module, "network", None) or getattr(module, "module", None)
+        seen += 1
+    return None
+
+
+def _differences(saved: Mapping, model: Mapping) -> str:
+    missing = [k for k in model if k not in saved]
+    unexpected = [k for k in saved if k not in model]
+    shapes = [
+        (k, tuple(saved[k].shape), tuple(model[k].shape))
+        for k in model
+        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(model[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k, a, b = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k}: {list(a)} in the file, {list(b)} in the network)")
+    return ", ".join(parts) or "the weights do not load"
+
+
+def _first_width(saved: Mapping) -> int | None:
+    for v in saved.values():
+        if hasattr(v, "ndim") and v.ndim == 4:
+            return int(v.shape[0])
+    return None
+
+
+class NetworkCheckpointLoader:
+    """Load a network checkpoint like MONAI's ``CheckpointLoader``, failing with one clear line when it does not fit.
+
+    The same arguments and loading as ``monai.handlers.CheckpointLoader`` (a single-network
+    ``load_dict`` also takes a bare state dict, MONAI's ``model.pt`` layout), loaded when the engine
+    starts, plus checks that turn PyTorch's long errors into one line that names the file and what to
+    pass (:class:`CheckpointLoadError`):
+
+    - the file is missing: pass ``--ckpt_path``;
+    - it cannot be read (truncated, not a PyTorch file);
+    - it records another network than the one the config builds (see
+      :mod:`monai_rat.networks.record`): the line gives the recorded ``--network_name`` /
+      ``--feature_size`` / ``--network_kwargs``;
+    - it has no record and does not fit: how many weights are missing, unexpected or of another
+      shape, and the width of its first convolution as a hint for ``--feature_size``.
+
+    Args:
+        load_path: the checkpoint file.
+        load_dict: ``{name: object}`` to load, e.g. ``{"model": network}``.
+        name: the logger's name (as ``CheckpointLoader``).
+        map_location: ``torch.load`` map location.
+        strict: as ``load_state_dict(strict=...)``.
+
+    Raises:
+        CheckpointLoadError: at load time, as above.
+    """
+
+    def __init__(
+        self, load_path: str, load_dict: Mapping[str, Any], name: str | None = None, map_location: Any = None, strict: bool = True
+    ) -> None:
+        if not load_dict:
+            raise ValueError("NetworkCheckpointLoader: `load_dict` must name at least one object to load.")
+        self.load_path = str(load_path)
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+        self.strict = strict
+        self.logger = logging.getLogger(name or __name__)
+
+    def attach(self, engine: Any) -> None:
+        """Load when ``engine`` starts.
+
+        Args:
+            engine: the evaluator (or trainer).
+        """
+        from ignite.engine import Events
+
+        if self.logger.name == __name__:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any = None) -> None:
+        """Load the checkpoint into ``load_dict``.
+
+        Args:
+            engine: the engine starting (its ``max_epochs`` is kept).
+
+        Raises:
+            CheckpointLoadError: see the class docstring.
+        """
+        from ignite.handlers import Checkpoint
+
+        from monai_rat.networks.record import _plain, describe_record, read_network_record
+
+        if engine is not None and getattr(engine, "should_terminate", False):
+            return  # the run ends before it starts (e.g. an inference that is already complete)
+        path = self.load_path
+        if not os.path.isfile(path):
+            raise CheckpointLoadError(
+                f"No checkpoint at {path}: pass --ckpt_path /path/to/model.pt (training writes the best model to "
+                "<output_dir>/models/model.pt)."
+            )
+        try:
+            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load says, the file is not usable
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise CheckpointLoadError(
+                f"Checkpoint {path} cannot be read ({type(e).__name__}: {first}): it is truncated or not a PyTorch "
+                "checkpoint; copy it again or pass another --ckpt_path."
+            ) from None
+        key = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and (not isinstance(checkpoint, Mapping) or key not in checkpoint):
+            checkpoint = {key: checkpoint}
+        for k, obj in self.load_dict.items():
+            if not isinstance(obj, torch.nn.Module) or k not in checkpoint:
+                continue
+            saved, mine = read_network_record(checkpoint[k]), _record_of(obj)
+            fields = ("name", "feature_size", "network_kwargs", "in_channels", "out_channels")
+            if saved and mine and any(_plain(saved.get(f)) != _plain(mine.get(f)) for f in fields):
+                flags = {"name": "--network_name", "feature_size": "--feature_size", "network_kwargs": "--network_kwargs"}
+                fix = " ".join(f"{flags[f]} {saved.get(f)!r}" for f in flags if _plain(saved.get(f)) != _plain(mine.get(f)))
+                raise CheckpointLoadError(
+                    f"Checkpoint {path} holds {describe_record(saved)} but the config builds {describe_record(mine)}: "
+                    + (f"pass {fix}" if fix else "it is for images of other channels")
+                    + ", or another --ckpt_path."
+                )
+            state = checkpoint[k]
+            try:
+                obj.load_state_dict(state, strict=self.strict)
+            except RuntimeError:
+                width = _first_width(state) if isinstance(state, Mapping) else None
+                hint = f" (its first convolution has {width} output channels: --feature_size {width}?)" if width else ""
+                what = f"{describe_record(mine)}" if mine else type(obj).__name__
+                raise CheckpointLoadError(
+                    f"Checkpoint {path} does not fit the network {what}: "
+                    f"{_differences(state, obj.state_dict()) if isinstance(state, Mapping) else 'not a state dict'}. "
+                    + ("It records no network (saved by older code): pass the --network_name, --feature_size and "
+                       f"--network_kwargs it was trained with{hint}." if not saved else "Pass the settings it was trained with.")
+                ) from None
+        rest = {k: v for k, v in self.load_dict.items() if not isinstance(v, torch.nn.Module)}
+        if rest:
+            prior_max_epochs = getattr(getattr(engine, "state", None), "max_epochs", None)
+            Checkpoint.load_objects(to_load=rest, checkpoint=checkpoint, strict=self.strict)
+            if engine is not None and prior_max_epochs is not None:
+                engine.state.max_epochs = prior_max_epochs
+        self.logger.info(f"Restored all variables from {path}")

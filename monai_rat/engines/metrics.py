@@ -257,6 +257,11 @@ class MetricsSummary:
             if metric.startswith(f"{m}_"):
                 source = "low-resolution image" if m in ("bicubic", "lanczos") else self.input_label
                 return f"{b.label(m)} of the {source} vs {self.target_label}"
+        for restored, given in self.pairs.values():
+            if metric == given:
+                return f"{self.input_label} vs {self.target_label}"
+            if metric == restored:
+                return f"{self.model_label} vs {self.target_label}"
         return ""
 
     def _log_table(self, title: str, stats: Mapping[str, dict]) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_rat.utils import as_flag
+
 __all__ = ["RestorationPanels", "image_name"]
 
 _EXTENSIONS = (".nii.gz", ".nii", ".png", ".dcm", ".ima", ".dicom", ".npy", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -172,9 +174,9 @@ class RestorationPanels:
         self.data_range = float(data_range)
         self.metric_protocol, self.metric_window = metric_protocol, metric_window
         self.input_key, self.label_key, self.pred_key = input_key, label_key, pred_key
-        self.panels = bool(panels)
+        self.panels = as_flag(panels, "panels")
         self.max_panels = None if max_panels is None else int(max_panels)
-        self.save_predictions = bool(save_predictions)
+        self.save_predictions = as_flag(save_predictions, "save_predictions")
         self.tile_min, self.tile_max = int(tile_min), int(tile_max)
         self.overview_rows, self.overview_max = int(overview_rows), int(overview_max)
         self.written: list[str] = []
