@@ -213,3 +213,35 @@ def test_bad_methods_are_named():
         ClassicalBaselines(["tv", "tv"], [])
     with pytest.raises(ValueError, match="unknown settings"):
         ClassicalBaselines(["tv"], [], settings={"tv": {"sigma": 1}})
+
+
+def test_super_resolution_baselines_start_from_the_low_resolution_image(tmp_path, caplog):
+    """Bicubic of the degradation's own LR image is the input; a side that is not a multiple of 4 is scored cropped."""
+    from monai_rat.transforms import BicubicDegraded
+
+    caplog.set_level(logging.INFO)
+    rng = np.random.default_rng(5)
+    (tmp_path / "data").mkdir()
+
+    def sr_item(name, size):
+        d = _pair(rng, size, name, tmp_path / "data")
+        hr = d["label"]
+        out = BicubicDegraded(keys="image", low_res_keys="image_lr")({"image": hr.clone(), "label": hr})
+        out["image"].meta["filename_or_obj"] = d["image"].meta["filename_or_obj"]
+        return out
+
+    val = [sr_item(f"v{i}", 32) for i in range(2)]
+    test = [sr_item("t0", 40), sr_item("t1", 42)]  # 42: the LR image is 10 x 10, Lanczos gives 40 x 40
+    baselines = ClassicalBaselines(["bicubic", "lanczos"], val, low_res_key="image_lr", progress=False)
+    summary = MetricsSummary(str(tmp_path / "eval"), baselines=baselines, metric_names=["input_psnr"],
+                             pairs={"PSNR (dB)": ["input_psnr", "input_psnr"]})  # fmt: skip
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader(Dataset(test), batch_size=1), network=torch.nn.Identity(),
+        key_val_metric={"input_psnr": IgniteMetricHandler(metric_fn=restoration_metric("psnr"), output_transform=from_engine(["image", "label"]))},
+        val_handlers=[baselines, summary],
+    )  # fmt: skip
+    evaluator.run()
+    details = evaluator.state.metric_details
+    assert float(details["bicubic_psnr"][0]) == pytest.approx(float(details["input_psnr"][0]), abs=1e-4)  # the same image
+    assert baselines.cropped == {"bicubic": 1, "lanczos": 1}
+    assert "not multiples of the scale" in caplog.text
