@@ -97,7 +97,7 @@ class ClassicalBaselines:
     range of :func:`~monai_rat.transforms.classical.default_grid` (which follows the validation noise
     level), then ``refine`` golden-section steps; ``settings[method]`` may override ``grid`` (explicit
     values), ``grid_points``, ``refine`` and ``max_extend``, and give method options (e.g.
-    ``{"bm3d": {"noise_psd": "estimate", "grid": [0.7, 1.0, 1.41], "refine": 2}}``: ``"estimate"``
+    ``{"bm3d": {"noise_psd": "estimate", "grid": [1.0, 1.41, 2.0], "refine": 2}}``: ``"estimate"``
     is :func:`~monai_rat.transforms.estimate_noise_psd` of the validation residuals, and the parameter
     becomes a factor on that PSD's noise std). Costs: Gaussian, TV and NLM take well under a second per
     256 x 256 image here, BM3D 5-10 s, so a 17-evaluation search of BM3D over a handful of validation
