@@ -51,6 +51,7 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
     assert "To train on real data" in log and "--dataset_dir" in log
     assert "using superpixels" in log  # no SAM checkpoint configured: the fallback is logged
+    assert "nvImageCodec" not in log  # MONAI's optional-GPU-decoder notices are filtered (monai_rat.notices)
     assert (out_dir / "models" / "model.pt").is_file()
     assert (out_dir / "models" / "last.pt").is_file()
     rows = _rows(out_dir / "logs" / "metrics.csv")
@@ -264,11 +265,16 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     assert odd.shape == (100, 72) and np.isfinite(odd).all()
     assert np.abs(odd - hu[:100, :72]).mean() < 500  # in HU, near the input (4 training iterations)
     assert nib.load(out_dir / "slice_rat.nii.gz").get_fdata().shape == (110, 90)  # MONAI's PNG axis order
-    assert nib.load(out_dir / "series" / "CT_small_rat.nii.gz").get_fdata().shape == (128, 128)
+    dicom_nifti = nib.load(out_dir / "series" / "CT_small_rat.nii.gz")
+    assert dicom_nifti.shape == (128, 128)
+    ref = pydicom.dcmread(src / "series" / "CT_small.dcm")
+    # the slice keeps its place: z row = (0, 0, SliceThickness, ImagePositionPatient z), not (0, 0, 1, 0)
+    np.testing.assert_allclose(dicom_nifti.affine[2], [0, 0, float(ref.SliceThickness), float(ref.ImagePositionPatient[2])], atol=1e-4)
     written = list((out_dir / "dicom").rglob("*.dcm"))
     assert len(written) == 1  # DICOM out for the DICOM input only
     ds, ref = pydicom.dcmread(written[0]), pydicom.dcmread(src / "series" / "CT_small.dcm")
     assert ds.PatientID == ref.PatientID and ds.SeriesInstanceUID != ref.SeriesInstanceUID
+    assert int(ds.SeriesNumber) != int(ref.SeriesNumber)  # the derived series is numbered on its own
     assert ds.SOPInstanceUID != ref.SOPInstanceUID and ds.ImageType[0] == "DERIVED"
     assert ds.pixel_array.shape == ref.pixel_array.shape
     # the same command again: complete, nothing restored, and how to start afresh

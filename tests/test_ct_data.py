@@ -100,6 +100,21 @@ def test_textured_phantom_has_texture():
     assert not np.array_equal(tex, textured_phantom(128, np.random.default_rng(1)))
     with pytest.raises(ValueError, match="size"):
         textured_phantom(8, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="kind"):
+        textured_phantom(64, np.random.default_rng(0), kind="knee")
+
+
+def test_head_phantom_has_a_dense_skull_around_textured_brain():
+    from monai_rat.data import textured_phantom
+
+    head = textured_phantom(128, np.random.default_rng(3), kind="head")
+    assert head.shape == (128, 128) and np.isfinite(head).all()
+    assert head.max() > 1000  # dense cortical bone
+    row = head[64]  # a line through the middle crosses air, skin, skull, brain, skull, skin, air
+    skull = np.flatnonzero(row > 900)
+    assert skull.size >= 4 and row[0] < -900 and row[-1] < -900
+    brain = head[(head > 15) & (head < 50)]
+    assert brain.size > 0.15 * head.size and brain.std() > 2.0  # textured, not flat
 
 
 def test_pydicom_ct_slice_reads_real_heads():

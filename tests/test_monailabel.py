@@ -141,6 +141,7 @@ def server_env(tmp: Path) -> dict:
             "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
             "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
             "MONAI_RAT_DEVICE": "cpu",
+            "MONAI_RAT_CACHE": str(tmp / "user_cache"),  # the region cache's default: not the user's own
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
         }
     )

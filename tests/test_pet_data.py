@@ -204,6 +204,7 @@ def test_slice_dataset_on_demo(demo, caplog):
     assert len(PETSliceDataset(out["validation"], axis=0)) > 50
 
 
+@pytest.mark.filterwarnings("error:Setting affine, but the applied meta contains an affine")  # one affine, given once
 def test_slice_dataset_on_disk_store_gives_the_same_slices_and_keeps_no_arrays(demo, tmp_path):
     import torch
 

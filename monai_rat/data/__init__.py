@@ -1,6 +1,6 @@
 """Demo data sets built from images that installed packages ship, and real-data list builders."""
 from .aapm import AAPM_LAYOUTS, AAPM_PATIENTS, aapm_datalist, read_series_headers
-from .ct_demo import REAL_CT_SLICES, default_cache_dir, ellipse_phantom, make_ct_demo, pydicom_ct_slice, textured_phantom
+from .ct_demo import PHANTOM_KINDS, REAL_CT_SLICES, default_cache_dir, ellipse_phantom, make_ct_demo, pydicom_ct_slice, textured_phantom
 from .datalist import ct_datalist, load_paired_datalist
 from .ct_transforms import (
     CT_DISPLAY_WINDOW,

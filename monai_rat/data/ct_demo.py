@@ -11,10 +11,11 @@ Nothing is downloaded. Sources:
   0.9 mm pixels) with anti-aliasing;
 - scikit-image's Shepp-Logan phantom (``skimage.data.shepp_logan_phantom``), mapped piecewise-linearly
   to plausible HU (0 -> -1000 air, 0.2 -> 40 soft tissue, 1.0 -> 1000 bone);
-- **textured body phantoms** generated from a seed (:func:`textured_phantom`): flat ellipses alone
-  favour total-variation denoising, which real anatomy does not (it has texture), so every tissue
-  here carries smooth organ-scale variation and fine texture, bone has a trabecular pattern, lung has
-  vessels, and small bright dots stand for vessels and calcifications.
+- **textured body and head phantoms** generated from a seed (:func:`textured_phantom`, alternating
+  kinds): flat ellipses alone favour total-variation denoising, which real anatomy does not (it has
+  texture), so every tissue here carries smooth organ-scale variation and fine texture, bone has a
+  trabecular pattern, lung has vessels, small bright dots stand for vessels and calcifications, and
+  the head phantoms have a dense skull ring, a grey / white matter pattern and sinuses.
 
 Each source image ``x`` (in HU) gives a pair through :class:`monai_rat.transforms.SimulateLowDoseCT`:
 the **label** (full dose) is ``x`` passed through the same radon -> FBP with no noise (``add_noise=False``),
@@ -57,6 +58,7 @@ __all__ = [
     "make_ct_demo",
     "ellipse_phantom",
     "textured_phantom",
+    "PHANTOM_KINDS",
     "pydicom_ct_slice",
     "default_cache_dir",
     "CT_DEMO_VERSION",
@@ -66,7 +68,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: bump when the builder's output changes, so that older builds are not reused.
-CT_DEMO_VERSION = 2
+CT_DEMO_VERSION = 3
 
 #: the real CT slices pydicom ships (file name -> (patient, what)), and the split each one serves.
 REAL_CT_SLICES = {
@@ -136,30 +138,44 @@ def _random_field(shape: tuple[int, int], rng: np.random.Generator, correlation:
     return field / (field.std() + 1e-12)
 
 
-def textured_phantom(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random body-like phantom in HU with texture in every tissue.
+PHANTOM_KINDS = ("body", "head")
 
-    Air around a body ellipse with a fat rim; soft tissue of 20-60 HU with organ-scale variation
-    (+-15 HU, correlation ``size / 12`` pixels) and fine texture (4-12 HU, 0.8-2 pixels); 5-11 inner
-    ellipses of lung (with vessels), fat, fluid, organ (with its own texture) or bone (trabecular
-    pattern); 5-24 small bright dots (vessels, calcifications); finally a Gaussian blur of 0.4-0.8
-    pixels (partial-volume edges). Why: flat ellipses are exactly what total-variation denoising
-    assumes, so a phantom set of flat ellipses rates TV unfairly high; real anatomy has texture.
+
+def textured_phantom(size: int, rng: np.random.Generator, kind: str = "body") -> np.ndarray:
+    """A random body-like or head-like phantom in HU with texture in every tissue.
+
+    ``"body"``: air around a body ellipse with a fat rim; soft tissue of 20-60 HU with organ-scale
+    variation (+-15 HU, correlation ``size / 12`` pixels) and fine texture (4-12 HU, 0.8-2 pixels);
+    5-11 inner ellipses of lung (with vessels), fat, fluid, organ (with its own texture) or bone
+    (trabecular pattern); 5-24 small bright dots (vessels, calcifications); a Gaussian blur of 0.4-0.8
+    pixels (partial-volume edges).
+
+    ``"head"``: skin, a skull ring of dense cortical bone (1100-1900 HU, 4-9 mm thick at the default
+    320 mm field of view, with a lower-density diploe), brain with a grey / white matter pattern (22-42 HU) and fine texture,
+    ventricles, calcifications, air cavities (sinuses) at the front, skull-base bone islands, sometimes
+    a head-holder arc; a Gaussian blur of 0.3-0.6 pixels. Dense, sharp bone next to soft tissue is
+    what a body phantom lacks and head CT has.
+
+    Why textures: flat ellipses are exactly what total-variation denoising assumes, so a phantom set of
+    flat ellipses rates TV unfairly high; real anatomy has texture.
 
     Args:
         size: the output is ``(size, size)``; must be >= 16.
         rng: the random generator (``np.random.default_rng(seed)``).
+        kind: ``"body"`` or ``"head"``.
 
     Returns:
         float64 array ``(size, size)`` in HU.
 
     Raises:
-        ValueError: when ``size`` < 16.
+        ValueError: when ``size`` < 16 or ``kind`` is unknown.
     """
     from scipy.ndimage import gaussian_filter
 
     if size < 16:
         raise ValueError(f"textured_phantom: `size` must be >= 16, got {size}.")
+    if kind not in PHANTOM_KINDS:
+        raise ValueError(f"textured_phantom: `kind` must be one of {PHANTOM_KINDS}, got {kind!r}.")
     shape = (size, size)
     c = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(c, c, indexing="ij")
@@ -170,6 +186,8 @@ def textured_phantom(size: int, rng: np.random.Generator) -> np.ndarray:
         u, v = ca * x + sa * y, -sa * x + ca * y
         return (u / ax) ** 2 + (v / ay) ** 2 <= 1.0
 
+    if kind == "head":
+        return gaussian_filter(_head(shape, rng, yy, ellipse), rng.uniform(0.3, 0.6))
     img = np.full(shape, -1000.0)
     ay, ax = rng.uniform(0.55, 0.8), rng.uniform(0.7, 0.92)
     angle = rng.uniform(-0.2, 0.2)
@@ -207,6 +225,55 @@ def textured_phantom(size: int, rng: np.random.Generator) -> np.ndarray:
         dot = ellipse(cy, cx, rng.uniform(0.008, 0.03), rng.uniform(0.008, 0.03), 0.0) & inner
         img[dot] += rng.uniform(60, 300)
     return gaussian_filter(img, rng.uniform(0.4, 0.8))
+
+
+def _head(shape, rng, yy, ellipse) -> np.ndarray:
+    """The unblurred head of :func:`textured_phantom` (``kind="head"``)."""
+    img = np.full(shape, -1000.0)
+    # semi-axes 0.55-0.7 / 0.45-0.6 of the half field of view: a 180-220 x 145-190 mm head at the default
+    # 320 mm; skin 3-8 mm and skull 4-9 mm thick at any image size (a real skull is 4-10 mm)
+    ay, ax = rng.uniform(0.55, 0.7), rng.uniform(0.45, 0.6)
+    angle = rng.uniform(-0.3, 0.3)
+    mm = 2.0 / 320.0  # one millimetre in the [-1, 1] coordinates of the default field of view
+    skin, skull = rng.uniform(3, 8) * mm, rng.uniform(4, 9) * mm
+    head = ellipse(0, 0, ay, ax, angle)
+    img[head] = (rng.uniform(20, 60) + 5.0 * _random_field(shape, rng, 1.5))[head]
+    outer = ellipse(0, 0, ay - skin, ax - skin, angle)
+    inner = ellipse(0, 0, ay - skin - skull, ax - skin - skull, angle)
+    ring = outer & ~inner
+    cortex = rng.uniform(1100, 1900)
+    diploe = ellipse(0, 0, ay - skin - 0.35 * skull, ax - skin - 0.35 * skull, angle) & ~ellipse(
+        0, 0, ay - skin - 0.65 * skull, ax - skin - 0.65 * skull, angle
+    )
+    bone = np.where(diploe, rng.uniform(300, 700) + 80.0 * _random_field(shape, rng, 1.0),
+                    cortex + 60.0 * _random_field(shape, rng, 1.0))
+    img[ring] = bone[ring]
+    grey = _random_field(shape, rng, rng.uniform(2, 5)) > rng.uniform(-0.3, 0.3)
+    brain = np.where(grey, rng.uniform(32, 42), rng.uniform(22, 30)) + rng.uniform(2, 6) * _random_field(
+        shape, rng, rng.uniform(0.8, 1.6)
+    )
+    img[inner] = brain[inner]
+    for _ in range(int(rng.integers(1, 4))):  # ventricles
+        e = ellipse(rng.uniform(-0.2, 0.2) * ay, rng.uniform(-0.25, 0.25) * ax, rng.uniform(0.04, 0.18),
+                    rng.uniform(0.02, 0.08), rng.uniform(0, np.pi)) & inner
+        img[e] = rng.uniform(0, 12)
+    for _ in range(int(rng.integers(0, 4))):  # calcifications
+        e = ellipse(rng.uniform(-0.5, 0.5) * ay, rng.uniform(-0.5, 0.5) * ax, rng.uniform(0.01, 0.03),
+                    rng.uniform(0.01, 0.03), 0.0) & inner
+        img[e] = rng.uniform(150, 900)
+    for _ in range(int(rng.integers(0, 3))):  # sinuses: air cavities at the front
+        cy = -(ay - skin - skull) * rng.uniform(0.6, 0.95)
+        e = ellipse(cy, rng.uniform(-0.4, 0.4) * ax, rng.uniform(0.04, 0.12), rng.uniform(0.05, 0.2),
+                    rng.uniform(-0.3, 0.3)) & outer
+        img[e] = -1000.0 + 20.0 * _random_field(shape, rng, 1.0)[e]
+    for _ in range(int(rng.integers(0, 4))):  # skull-base bone islands
+        e = ellipse(rng.uniform(-0.1, 0.6) * ay, rng.uniform(-0.6, 0.6) * ax, rng.uniform(0.03, 0.12),
+                    rng.uniform(0.02, 0.1), rng.uniform(0, np.pi)) & inner
+        img[e] = (cortex * rng.uniform(0.5, 1.0) + 60.0 * _random_field(shape, rng, 1.0))[e]
+    if rng.uniform() < 0.5:  # a head-holder arc below the head
+        arc = ellipse(0.05, 0, ay + 0.06, ax + 0.12, angle) & ~ellipse(0.05, 0, ay + 0.045, ax + 0.105, angle) & (yy > 0.3)
+        img[arc] = rng.uniform(100, 400)
+    return img
 
 
 def _pydicom_test_file(name: str) -> str:
@@ -397,8 +464,9 @@ def _sources(s: dict) -> list[tuple[str, str, np.ndarray, float, str, str]]:
     out.append(("training", "shepplogan_fliplr", np.ascontiguousarray(sl[:, ::-1]), px, "phantom", "Shepp-Logan phantom"))
     for split, count in (("training", s["num_train"] - 6), ("validation", s["num_val"]), ("test", s["num_test"])):
         for i in range(count):
-            out.append((split, f"phantom_{split[:4]}_{i:03d}", textured_phantom(size, rng), px, "phantom",
-                        f"textured phantom {split} {i} (seed {s['seed']})"))
+            kind = PHANTOM_KINDS[i % 2]  # body and head phantoms, alternating
+            out.append((split, f"phantom_{split[:4]}_{i:03d}", textured_phantom(size, rng, kind), px, "phantom",
+                        f"textured {kind} phantom {split} {i} (seed {s['seed']})"))
     for name, (_, _, split) in REAL_CT_SLICES.items():
         if split != "training":
             hu, rpx, what = real(name, s["real_size"])

@@ -12,7 +12,7 @@ The paper trains the 2D RAT on slices of 3D PET volumes with the air-only slices
 - :class:`PETSliceDataset` loads every listed pair once, slices it with :class:`VolumeToSlicesd` and
   serves the kept slices, from memory (float32, about 2 x 320 KB per 192 x 416 slice pair) or, with
   ``cache_dir``, from an on-disk store of uncompressed ``.npy`` files read as memory maps (the PET
-  bundle uses one under ``cache/slices`` whenever a ``dataset_dir`` is given).
+  bundle uses one under ``<user cache>/pet/slices`` whenever a ``dataset_dir`` is given).
 """
 
 from __future__ import annotations
@@ -503,4 +503,6 @@ class _StoredSlice:
         from monai.data import MetaTensor
 
         arr = np.load(self.path, mmap_mode="r")[self.index, self.key_index]
-        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=dict(self.meta))
+        meta = dict(self.meta)
+        meta.pop("affine", None)  # given once, as `affine` (MONAI warns when the meta holds one too)
+        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=meta)

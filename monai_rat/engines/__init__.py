@@ -11,7 +11,7 @@ from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.panels import RestorationPanels
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import select_schedule, validation_rounds
+from monai_rat.engines.schedule import WarmupCosine, select_schedule, validation_rounds, warmup_cosine_schedule
 from monai_rat.engines.tensorboard import TensorBoardValidationImages
 
 __all__ = [
@@ -34,4 +34,6 @@ __all__ = [
     "inference_datalist",
     "select_schedule",
     "validation_rounds",
+    "WarmupCosine",
+    "warmup_cosine_schedule",
 ]

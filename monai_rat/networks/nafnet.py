@@ -45,6 +45,8 @@ class NAFNet(NAFUShape):
         middle_blocks: NAFBlocks in the latent stage (12); 0 leaves the latent features unchanged.
         pad_multiple: padded sides are multiples of this; ``None``: ``2 ** levels`` (the least that works;
             RAT also needs its window and pads to ``2 ** levels * window_size``).
+        identity_init: zero-initialise the ``ending`` convolution so the untrained network is the
+            identity (default False, the paper's initialisation; True learns faster in short trainings).
 
     Raises:
         ValueError: for ``spatial_dims != 2``, ``in_channels != out_channels``, block lists of different
@@ -61,6 +63,7 @@ class NAFNet(NAFUShape):
         dec_blocks: Sequence[int] = (2, 2),
         middle_blocks: int = 12,
         pad_multiple: int | None = None,
+        identity_init: bool = False,
     ) -> None:
         if not isinstance(middle_blocks, int) or middle_blocks < 0:
             raise ValueError(f"middle_blocks must be a non-negative integer, got {middle_blocks!r}.")
@@ -73,6 +76,7 @@ class NAFNet(NAFUShape):
             dec_blocks,
             middle=lambda c: nn.Sequential(*[NAFBlock(c) for _ in range(middle_blocks)]),
             pad_multiple=pad_multiple,
+            identity_init=identity_init,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

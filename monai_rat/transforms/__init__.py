@@ -5,6 +5,7 @@ from .partition import (
     RegionPartitiond,
     SAMPartition,
     SAMPartitiond,
+    SingleRegionPartition,
     SuperpixelPartition,
     SuperpixelPartitiond,
     load_sam,

@@ -178,7 +178,8 @@ class RATBundle:
     """One bundle's inference settings, read with MONAI's ``ConfigParser`` from its ``inference.json``.
 
     ``bundle_root`` is set to the bundle folder (absolute), so relative defaults such as
-    ``models/model.pt`` and ``cache/regions`` resolve inside the bundle wherever the server runs; then
+    ``models/model.pt`` resolve inside the bundle wherever the server runs (the region cache defaults to
+    the user cache, :func:`monai_rat.data.default_cache_dir`); then
     ``overrides`` are applied (see :func:`parse_overrides`).
 
     Args:
@@ -233,7 +234,9 @@ class RATBundle:
         fmt = self.metadata.get("network_data_format", {})
         self.input_format: dict = dict(fmt.get("inputs", {}).get("image", {}))
         self.modality = str(self.input_format.get("modality", ""))
-        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser()
+        # a relative path (e.g. `--conf ct.ckpt_path bundles/ct/runs/demo/models/model.pt`) is relative to the
+        # directory the server starts in, as on a command line
+        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser().absolute()
         extra = parser.get("prepare_batch", {}) or {}
         self.regions_key = str(dict(extra.get("extra_keys", {}) or {}).get("regions", "regions"))
 
