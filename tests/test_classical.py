@@ -369,3 +369,32 @@ def test_missing_bm3d_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "bm3d", None)  # `import bm3d` now raises ImportError
     with pytest.raises(ImportError, match=r"monai-rat\[baselines\].*|non-commercial"):
         ClassicalRestore("bm3d", 0.1)(phantom(16))
+
+
+@pytest.mark.parametrize("method", ["tv", "nlm"])
+def test_noise_relative_parameter_is_a_factor_on_the_estimated_noise_std(method):
+    from monai_rat.transforms import estimated_noise_std
+
+    clean = phantom(40)
+    noisy = clean + white(clean.shape, 0.04, 5)
+    est = estimated_noise_std(noisy)
+    assert 0.03 < est < 0.05  # Donoho's estimate of the 0.04 white noise
+    np.testing.assert_allclose(
+        ClassicalRestore(method, 1.5, noise_relative=True)(noisy), ClassicalRestore(method, 1.5 * est)(noisy), atol=1e-6
+    )
+
+
+def test_noise_relative_tuning_carries_over_to_another_noise_level():
+    """Tuned on a low-noise image, applied to a high-noise one: the relative factor adapts, a fixed weight does not."""
+    clean = phantom(48)
+    val = clean + white(clean.shape, 0.02, 6)
+    test = clean + white(clean.shape, 0.08, 7)
+    fixed = tune_classical("tv", [val], [clean], progress=False)
+    relative = tune_classical("tv", [val], [clean], progress=False, noise_relative=True)
+    assert 0.25 <= min(relative.scores) and max(relative.scores) <= 8.0  # a grid of factors, not of weights
+    assert psnr(clean, relative.as_transform()(test)) > psnr(clean, fixed.as_transform()(test)) + 1.0
+
+
+def test_noise_relative_refuses_a_psd():
+    with pytest.raises(ValueError, match="noise_relative"):
+        ClassicalRestore("bm3d", 1.0, noise_relative=True, noise_psd=np.ones((8, 8)))

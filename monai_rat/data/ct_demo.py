@@ -346,8 +346,8 @@ def make_ct_demo(
     root_dir: str | os.PathLike | None = None,
     image_size: int = 128,
     num_train: int = 24,
-    num_val: int = 4,
-    num_test: int = 4,
+    num_val: int = 8,
+    num_test: int = 8,
     noise_draws: int = 4,
     real_size: int = 256,
     dose_fraction: float = 0.25,
@@ -375,10 +375,13 @@ def make_ct_demo(
             size; other sizes resample it), >= 32. Use a multiple of 16 for RAT.
         num_train: number of training *sources*, >= 7 (default 24: 4 CT_small views, 2 Shepp-Logan, the
             rest textured phantoms).
-        num_val: textured phantoms in the validation split, >= 0 (default 4; the real head 693_J2KI is
-            always there too).
-        num_test: textured phantoms in the test split, >= 0 (default 4; the real head
-            J2K_pixelrep_mismatch is always there too).
+        num_val: textured phantoms in the validation split, >= 0 (default 8, half body, half head; the
+            real head 693_J2KI is always there too).
+        num_test: textured phantoms in the test split, >= 0 (default 8, half body, half head; the real
+            head J2K_pixelrep_mismatch is always there too). Eight rather than four, so that the
+            validation and test splits have about the same spread of noise levels (a CT slice's noise
+            depends on the object's size), which the one tuned parameter of a classical filter
+            relies on.
         noise_draws: independent low-dose draws per training source, >= 1 (default 4): more noise
             realisations of the same anatomy, so a network cannot learn the noise by heart.
         real_size: side the two 512 x 512 real heads are resampled to (default 256), >= 32.

@@ -26,5 +26,6 @@ from .classical import (
     TuneResult,
     default_grid,
     estimate_noise_psd,
+    estimated_noise_std,
     tune_classical,
 )

@@ -61,6 +61,7 @@ __all__ = [
     "TuneResult",
     "default_grid",
     "estimate_noise_psd",
+    "estimated_noise_std",
     "tune_classical",
 ]
 
@@ -73,9 +74,9 @@ _SUPER_RESOLUTION = ("bicubic", "lanczos")
 _OPTIONS: dict[str, dict[str, Any]] = {
     "identity": {},
     "gaussian": {"mode": "reflect", "truncate": 4.0},
-    "tv": {"eps": 2e-4, "max_num_iter": 200},
-    "nlm": {"patch_size": 5, "patch_distance": 6, "fast_mode": True, "sigma": 0.0},
-    "bm3d": {"noise_psd": None, "profile": "np", "rgb": True, "num_threads": 1},
+    "tv": {"eps": 2e-4, "max_num_iter": 200, "noise_relative": False},
+    "nlm": {"patch_size": 5, "patch_distance": 6, "fast_mode": True, "sigma": 0.0, "noise_relative": False},
+    "bm3d": {"noise_psd": None, "profile": "np", "rgb": True, "num_threads": 1, "noise_relative": False},
     "bicubic": {},
     "lanczos": {},
 }
@@ -260,6 +261,13 @@ class ClassicalRestore(Transform):
       conversion, and with the pixel-centre convention of ``align_corners=False``, so bicubic and
       Lanczos outputs are aligned with each other and with the high-resolution target.
 
+    ``noise_relative=True`` (``"tv"``, ``"nlm"``, ``"bm3d"`` without ``noise_psd``): the parameter is a
+    factor on each image's own noise std, estimated from the image alone by
+    ``skimage.restoration.estimate_sigma`` (wavelet median absolute deviation, averaged over the
+    channels), so one tuned factor suits images of different noise levels (a CT slice's noise grows
+    with the patient's size; a test set rarely has the validation set's noise level). The one
+    parameter is still tuned on validation; the estimate needs no clean image.
+
     The output has the input's type (numpy array, torch tensor on its device, or MetaTensor with
     its metadata) and dtype, and the input's shape except for the two super-resolution methods.
     Those update a MetaTensor's affine for the finer pixel grid (as ``monai.transforms.Resize``
@@ -297,6 +305,9 @@ class ClassicalRestore(Transform):
                 raise ValueError(f"ClassicalRestore: bm3d `num_threads` must be an integer >= 0 (0 = bm3d's automatic choice), got {threads!r}.")
             if self.options["noise_psd"] is not None:
                 self._psd = _check_psd(self.options["noise_psd"], "ClassicalRestore")
+                if self.options["noise_relative"]:
+                    raise ValueError("ClassicalRestore: `noise_relative` and `noise_psd` do not go together: with a PSD "
+                                     "the parameter already is a factor on the PSD's noise std.")
         self.parameter = _check_parameter(self.method, parameter, self._psd is not None, "ClassicalRestore")
         self._psd_cache: dict[tuple[int, int], np.ndarray] = {}
 
@@ -330,7 +341,11 @@ class ClassicalRestore(Transform):
         elif self.method == "identity":
             out = arr.copy()
         else:
-            out = getattr(self, f"_{self.method}")(arr.astype(np.float64), where)
+            x = arr.astype(np.float64)
+            p = self.parameter
+            if self.options.get("noise_relative"):
+                p = p * estimated_noise_std(x)
+            out = getattr(self, f"_{self.method}")(x, where, p)
         restored = convert_to_dst_type(out, img, dtype=getattr(img, "dtype", None))[0]
         if self.method in _SUPER_RESOLUTION:
             self._update_affine(img, restored)
@@ -338,31 +353,31 @@ class ClassicalRestore(Transform):
 
     # -- the methods, each on a float64 (C, H, W) numpy array ------------------------------------
 
-    def _gaussian(self, x: np.ndarray, where: str) -> np.ndarray:
+    def _gaussian(self, x: np.ndarray, where: str, p: float) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
         o = self.options
-        return np.stack([gaussian_filter(c, self.parameter, mode=o["mode"], truncate=o["truncate"]) for c in x])
+        return np.stack([gaussian_filter(c, p, mode=o["mode"], truncate=o["truncate"]) for c in x])
 
-    def _tv(self, x: np.ndarray, where: str) -> np.ndarray:
+    def _tv(self, x: np.ndarray, where: str, p: float) -> np.ndarray:
         from skimage.restoration import denoise_tv_chambolle
 
         o = self.options
         return np.stack(
-            [denoise_tv_chambolle(c, weight=self.parameter, eps=o["eps"], max_num_iter=o["max_num_iter"]) for c in x]
+            [denoise_tv_chambolle(c, weight=p, eps=o["eps"], max_num_iter=o["max_num_iter"]) for c in x]
         )
 
-    def _nlm(self, x: np.ndarray, where: str) -> np.ndarray:
+    def _nlm(self, x: np.ndarray, where: str, p: float) -> np.ndarray:
         from skimage.restoration import denoise_nl_means
 
         o = self.options
-        kwargs = dict(patch_size=o["patch_size"], patch_distance=o["patch_distance"], h=self.parameter,
+        kwargs = dict(patch_size=o["patch_size"], patch_distance=o["patch_distance"], h=p,
                       fast_mode=o["fast_mode"], sigma=o["sigma"], preserve_range=True)
         if x.shape[0] == 1:
             return denoise_nl_means(x[0], **kwargs)[None]
         return np.moveaxis(denoise_nl_means(np.moveaxis(x, 0, -1), channel_axis=-1, **kwargs), -1, 0)
 
-    def _bm3d(self, x: np.ndarray, where: str) -> np.ndarray:
+    def _bm3d(self, x: np.ndarray, where: str, p: float) -> np.ndarray:
         try:
             import bm3d
         except ImportError as e:
@@ -378,20 +393,20 @@ class ClassicalRestore(Transform):
         profile = copy.copy(profile) if not isinstance(profile, str) else getattr(bm3d, _BM3D_PROFILES[profile])()
         profile.num_threads = o["num_threads"]
         if self._psd is None:
-            noise = [self.parameter] * c  # std per channel
+            noise = [p] * c  # std per channel
         else:
             if self._psd.shape[0] not in (1, c):
                 raise ValueError(f"{where}: `noise_psd` has {self._psd.shape[0]} channels, the image {c} (shape {x.shape}).")
             if (h, w) not in self._psd_cache:
                 self._psd_cache[(h, w)] = np.stack([_resample_psd(p, (h, w)) for p in self._psd])
-            psd = self._psd_cache[(h, w)] * self.parameter**2
+            psd = self._psd_cache[(h, w)] * p**2
             noise = [psd[0 if psd.shape[0] == 1 else i] for i in range(c)]
         # bm3d_rgb scales each opponent-colour channel by its range: a constant one (a grey image
         # stored as RGB) would divide by zero and return NaN, so such images go per channel
         opponent = np.tensordot(np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, 0, -0.5], [0.25, -0.5, 0.25]]), x, axes=1) if c == 3 else None
         if c == 3 and o["rgb"] and np.ptp(opponent.reshape(3, -1), axis=1).min() > 0:
             if self._psd is None:
-                sigma = self.parameter
+                sigma = p
             elif self._psd.shape[0] == 1:
                 sigma = noise[0]
             else:
@@ -399,9 +414,9 @@ class ClassicalRestore(Transform):
             return np.moveaxis(bm3d.bm3d_rgb(np.moveaxis(x, 0, -1), sigma, profile=profile), -1, 0)
         return np.stack([bm3d.bm3d(x[i], noise[i], profile=profile) for i in range(c)])
 
-    def _lanczos(self, x: np.ndarray, where: str) -> np.ndarray:
+    def _lanczos(self, x: np.ndarray, where: str, p: int) -> np.ndarray:
         _, h, w = x.shape
-        my, mx = _lanczos_matrix(h, self.parameter), _lanczos_matrix(w, self.parameter)
+        my, mx = _lanczos_matrix(h, p), _lanczos_matrix(w, p)
         return my[None] @ x @ mx.T[None]
 
     def _bicubic(self, img):
@@ -562,6 +577,25 @@ def estimate_noise_psd(
     return psd[0] if psd.shape[0] == 1 else psd
 
 
+def estimated_noise_std(x: np.ndarray) -> float:
+    """The noise std of a ``(C, H, W)`` image estimated from the image alone (no clean reference).
+
+    ``skimage.restoration.estimate_sigma`` (median absolute deviation of the finest diagonal wavelet
+    coefficients, Donoho's estimator), averaged over the channels. For correlated noise (CT after
+    filtered back-projection) it is biased, by about the same factor for images of the same kind,
+    which a tuned ``noise_relative`` factor absorbs.
+
+    Args:
+        x: float ``(C, H, W)`` array.
+
+    Returns:
+        the estimate, > 0 (a tiny floor keeps a noise-free image from giving 0).
+    """
+    from skimage.restoration import estimate_sigma
+
+    return max(float(np.mean([estimate_sigma(c) for c in np.asarray(x, dtype=np.float64)])), 1e-12)
+
+
 # -- tuning ----------------------------------------------------------------------------------------
 
 
@@ -580,7 +614,7 @@ def _pairs(inputs: Sequence[Any], targets: Sequence[Any], where: str, same_shape
     return xs, ys
 
 
-def default_grid(method: str, noise_std: float | None = None, *, with_psd: bool = False) -> tuple:
+def default_grid(method: str, noise_std: float | None = None, *, with_psd: bool = False, noise_relative: bool = False) -> tuple:
     """The coarse grid :func:`tune_classical` starts from (it then refines around the best value).
 
     ========================  ======================================  =====================
@@ -591,6 +625,7 @@ def default_grid(method: str, noise_std: float | None = None, *, with_psd: bool 
     ``nlm`` (h)               s x (0.1 .. 10), 9 values (ratio 1.78)  1e-3 .. 1, 13 values
     ``bm3d`` (sigma)          s x (0.25 .. 4), 9 values (ratio 1.41)  1e-3 .. 1, 13 values
     ``bm3d`` + PSD (factor)   0.25 .. 4, 9 values (s not used)        the same
+    ``noise_relative`` factor 0.25 .. 4, 9 values (s not used)        the same
     ``identity``              ``(None,)``                             the same
     ========================  ======================================  =====================
 
@@ -604,6 +639,8 @@ def default_grid(method: str, noise_std: float | None = None, *, with_psd: bool 
         noise_std: an estimate of the noise std in image intensity units (> 0), e.g. the RMS of
             ``input - target`` over validation pairs.
         with_psd: the grid for ``"bm3d"`` with a ``noise_psd`` (a factor on the PSD's noise std).
+        noise_relative: the grid of a factor on each image's estimated noise std (``tv``, ``nlm``,
+            ``bm3d`` with ``noise_relative=True``).
 
     Returns:
         the grid values, ascending.
@@ -629,7 +666,7 @@ def default_grid(method: str, noise_std: float | None = None, *, with_psd: bool 
 
     if method == "gaussian":
         return geom(0.25, 4.0, 9)
-    if method == "bm3d" and with_psd:
+    if (method == "bm3d" and with_psd) or (noise_relative and method in ("tv", "nlm", "bm3d")):
         return geom(0.25, 4.0, 9)
     if noise_std is None:
         return geom(1e-3, 1.0, 13)
@@ -729,6 +766,7 @@ def tune_classical(
         raise ValueError(f"{where}: `data_range` must be a number > 0, got {data_range!r}.")
     xs, ys = _pairs(inputs, targets, where, same_shape=method not in _SUPER_RESOLUTION)
     with_psd = method == "bm3d" and options.get("noise_psd") is not None
+    relative = bool(options.get("noise_relative"))
 
     if method in _SUPER_RESOLUTION:
         scales = set()
@@ -752,7 +790,7 @@ def tune_classical(
         noise_std = float(np.sqrt(np.mean([np.mean((x.astype(np.float64) - y) ** 2) for x, y in zip(xs, ys)])))
         if noise_std == 0:
             raise ValueError(f"{where}: the inputs equal the targets (zero residual): nothing to tune a denoiser on.")
-        grid = default_grid(method, noise_std, with_psd=with_psd)
+        grid = default_grid(method, noise_std, with_psd=with_psd, noise_relative=relative)
     else:
         grid = tuple(float(g) if _is_number(g) else g for g in grid)
         if not grid or any(not _is_number(g) or not math.isfinite(g) or g <= 0 for g in grid):
