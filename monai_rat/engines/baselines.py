@@ -119,7 +119,7 @@ class ClassicalBaselines:
         refine: golden-section refinement steps after the grid (default 8).
         grid_points: values in the coarse grid (default 9).
         max_images: tune on at most this many validation images, evenly spaced over the split
-            (default 8; ``None``: all). BM3D's cost grows with it.
+            (default 16; ``None``: all). BM3D's cost grows with it.
         settings: per-method overrides (see above).
         input_key: the network input in the batch (default ``"image"``).
         label_key: the target in the batch (default ``"label"``).
@@ -147,7 +147,7 @@ class ClassicalBaselines:
         metric_window: Sequence[float] | None = None,
         refine: int = 8,
         grid_points: int = 9,
-        max_images: int | None = 8,
+        max_images: int | None = 16,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         input_key: str = "image",
         label_key: str = "label",
@@ -246,6 +246,8 @@ class ClassicalBaselines:
         """What ``method``'s parameter is (``"weight"``, ``"sigma (px)"``; BM3D with a noise PSD: ``"PSD factor"``)."""
         if with_psd is None:
             with_psd = bool(self.tuned.get(method, {}).get("noise_psd"))
+        if self.tuned.get(method, {}).get("noise_relative") or self.settings.get(method, {}).get("noise_relative"):
+            return "x noise std"  # a factor on each image's own noise estimate
         return "PSD factor" if (method == "bm3d" and with_psd) else PARAMETER_NAMES.get(method, "parameter")
 
     def label(self, method: str) -> str:
@@ -325,7 +327,9 @@ class ClassicalBaselines:
             self.logger.warning(f"Ignoring the unreadable baseline cache {path} ({e}); tuning again.")
             return {}
 
-    def _grid(self, method: str, settings: dict, inputs: list, targets: list, with_psd: bool) -> tuple | None:
+    def _grid(
+        self, method: str, settings: dict, inputs: list, targets: list, with_psd: bool, relative: bool = False
+    ) -> tuple | None:
         from monai_rat.transforms.classical import default_grid
 
         if method in _SUPER_RESOLUTION:
@@ -333,7 +337,7 @@ class ClassicalBaselines:
         if settings.get("grid") is not None:
             return tuple(float(g) for g in settings["grid"])
         noise = float(np.sqrt(np.mean([float(((x.double() - y.double()) ** 2).mean()) for x, y in zip(inputs, targets)])))
-        base = default_grid(method, noise if noise > 0 else None, with_psd=with_psd)
+        base = default_grid(method, noise if noise > 0 else None, with_psd=with_psd, noise_relative=relative)
         n = int(settings.get("grid_points", self.grid_points))
         if n == len(base):
             return tuple(base)
@@ -395,7 +399,7 @@ class ClassicalBaselines:
                     f"{entry['evaluations']} evaluations)."
                 )
             else:
-                grid = self._grid(method, settings, xs, ys, with_psd=psd)
+                grid = self._grid(method, settings, xs, ys, with_psd=psd, relative=bool(options.get("noise_relative")))
                 refine = int(settings.get("refine", self.refine))
                 n_grid = 1 if grid is None else len(grid)
                 self.logger.info(
@@ -423,6 +427,7 @@ class ClassicalBaselines:
                     f"{entry['validation_psnr']:.4f} dB ({entry['evaluations']} evaluations in {entry['seconds']} s)."
                 )
             entry["noise_psd"] = psd
+            entry["noise_relative"] = bool(options.get("noise_relative"))
             self.tuned[method] = entry
             self.transforms[method] = ClassicalRestore(method, entry["parameter"], **options)
         if changed and self.cache_path:
