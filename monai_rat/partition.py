@@ -243,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
         FileNotFoundError: when the input or the checkpoint does not exist.
-        ValueError: for an invalid datalist or settings.
+        ValueError: for an invalid datalist or settings, or a SAM checkpoint that cannot be read
+            (checked once, before the first image) or does not fit ``--model-type`` (checked once, at
+            the first image whose map is not cached).
     """
     from monai.transforms import LoadImage
     from tqdm import tqdm
@@ -281,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=cache_dir,
     )
     inner = partition.partitioner
+    sam_unchecked = partition.method_used == "sam" and getattr(inner, "checkpoint", None) is not None
+    if sam_unchecked and shard:
+        _check_sam_checkpoint_file(inner)  # readable: cheap, before the first image
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     logger.info(
         "rank %d/%d: %d of %d images, method %s, device %s, batch size %d, cache %s",
@@ -319,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 records.append(rec)
                 bar.update(1)
         if loaded:
+            if sam_unchecked:  # the first cache miss builds the model: a checkpoint that does not fit fails once, here
+                _check_sam_checkpoint(inner)
+                sam_unchecked = False
             _compute(inner, loaded, records)
             bar.update(len(loaded))
     bar.close()
@@ -328,6 +336,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     (output_dir / name).write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
     return 1 if summary["failed"] else 0
+
+
+def _advice(inner: Any, what: str = "No image was processed") -> str:
+    return (
+        f"{what}: pass a SAM checkpoint of --model-type {getattr(inner, 'model_type', '?')!r} with --checkpoint (e.g. "
+        "sam_vit_b_01ec64.pth for vit_b)."
+    )
+
+
+def _check_sam_checkpoint_file(inner: Any) -> None:
+    """Open the SAM checkpoint as a PyTorch file before the first image (memory-mapped: cheap, no model built).
+
+    A truncated or foreign file fails here, once, naming the file; before, the model was loaded on the
+    first cache miss and the file was read again (and failed again) for every image, each recorded as
+    a failed image. A run whose maps are all cached still builds no model.
+
+    Raises:
+        ValueError: when the file is not a readable PyTorch state dict.
+    """
+    path = inner.checkpoint
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, not a torch file
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"--checkpoint {path!r} is not a readable PyTorch checkpoint ({size} bytes; {type(e).__name__}: {first}); it "
+            f"may be truncated. {_advice(inner)}"
+        ) from e
+    if not isinstance(state, dict):
+        raise ValueError(f"--checkpoint {path!r} holds a {type(state).__name__}, not a SAM state dict. {_advice(inner)}")
+
+
+def _check_sam_checkpoint(inner: Any) -> None:
+    """Load the SAM model once, at the first cache miss: a checkpoint that does not fit fails once, naming the file.
+
+    Raises:
+        FileNotFoundError: when the checkpoint file does not exist.
+        ValueError: when it is not a SAM state dict of ``--model-type``.
+    """
+    try:
+        inner.model  # noqa: B018 - loads (and memoises) the model
+    except (ValueError, OSError) as e:  # load_sam's: they name the file
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise kind(f"{str(e).strip().rstrip('.')}. {_advice(inner, 'Stopped at the first map to compute')}") from e
 
 
 def _compute(inner: Any, loaded: list, records: list) -> None:

@@ -8,7 +8,7 @@
   after it. Each child runs exactly what ``python -m monai.bundle ARGS`` runs (``sys.argv`` set to
   ``ARGS``, then the ``monai.bundle`` package's ``__main__`` via ``runpy``, Python's own ``-m``
   machinery), with its stdout and stderr in its own log, and exits with the code that command would
-  (an uncaught exception: traceback, status 1).
+  (an uncaught exception: ``sys.excepthook``, status 1).
 
 Every process runs from the repository root with one OpenMP / MKL thread, ``MONAI_RAT_CACHE`` set to
 the test's cache folder (demo data) and the repository on ``PYTHONPATH``.
@@ -69,7 +69,7 @@ def run_bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[
 
 
 _FORKED_RUNNER = r"""
-import json, os, runpy, sys, time, traceback
+import json, os, runpy, sys, time
 
 import monai.bundle.scripts  # noqa: F401  (imports all of MONAI, the slow part, once for every command)
 
@@ -93,7 +93,7 @@ for args, log in zip(commands, logs):
                 print(e.code, file=sys.stderr)
             code = 0 if e.code is None else (e.code if isinstance(e.code, int) else 1)
         except BaseException:
-            traceback.print_exc()
+            sys.excepthook(*sys.exc_info())  # what Python does with an uncaught exception
             code = 1
         finally:
             sys.stdout.flush()

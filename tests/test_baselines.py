@@ -429,7 +429,7 @@ def test_ct_inference_loads_the_baseline_checkpoint_and_only_with_its_name(runs)
     np.testing.assert_allclose(nib.load(runs["work"] / "as_recorded" / "odd_rat.nii.gz").get_fdata(), written, atol=1e-4)
     # ... and asking for RAT fails at once, saying what the checkpoint holds
     assert as_rat["returncode"] != 0
-    assert "holds redcnn(feature_size=8" in as_rat["output"] and "--network_name 'rat' was asked for" in as_rat["output"]
+    assert "holds redcnn(feature_size=8" in as_rat["output"] and "asked for (--network_name 'rat')" in as_rat["output"]
 
 
 def test_pathology_evaluation_runs_the_baseline_through_sliding_windows(runs):

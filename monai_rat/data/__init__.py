@@ -41,3 +41,5 @@ from .pathology_demo import (
     pathology_inference_datalist,
     pathology_load_transforms,
 )
+from .pair_check import NO_GEOMETRY_SUFFIXES, check_inputs, check_pairs, pair_problems
+from .writers import AtomicITKWriter, AtomicNibabelWriter, AtomicPILWriter

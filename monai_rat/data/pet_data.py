@@ -369,6 +369,12 @@ class PETSliceDataset:
     ``RandSpatialCropd`` would otherwise return a smaller patch without a word and the batch would fail
     (or train on mixed sizes) later. Nothing is padded.
 
+    Every pair is checked as it is loaded, before any training (:func:`monai_rat.data.pair_problems`):
+    both files readable, finite values in both (a NaN in the full-dose label would make every loss
+    NaN), the same shape and the same grid (affine: spacing, axes, origin within 0.1 voxel). A bad
+    pair raises ``ValueError`` naming both files; with ``skip_bad=True`` it is left out instead, logged
+    (WARNING) with its files and reason and counted in ``counts["skipped_bad"]``.
+
     Args:
         data: items ``{"image": low_dose_path, "label": full_dose_path, ...}`` (e.g. a split of
             :func:`pet_datalist`).
@@ -380,10 +386,13 @@ class PETSliceDataset:
         min_size: the smallest allowed slice, ``(H, W)`` in the sliced volume's axis order or one int
             for both (e.g. the training ``patch_size``); ``None`` (default): no check.
         cache_dir: a folder for the on-disk slice store (see above); ``None`` (default): in memory.
+        skip_bad: leave bad pairs out (each logged and counted) instead of raising (the bundles'
+            ``--skip_bad_pairs``).
 
     Raises:
         ValueError: as :class:`VolumeToSlicesd` (e.g. the two volumes of a pair differ in shape; both
             files are named), when a file cannot be read (named, the reader's error chained), when a
+            pair holds NaN or infinite values or its volumes are not on the same grid, when a
             volume's slices are smaller than ``min_size``, when ``min_size`` is not one or two positive
             ints, or when no slice is left at all.
         FileNotFoundError: when a listed file does not exist (it is named).
@@ -399,6 +408,7 @@ class PETSliceDataset:
         reference_key: str = "label",
         min_size: int | Sequence[int] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        skip_bad: bool = False,
     ) -> None:
         import torch
         from monai.transforms import EnsureTyped
@@ -415,11 +425,21 @@ class PETSliceDataset:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.slices: list[dict] = []
         self.counts = {"volumes": 0, "slices_total": 0, "kept": 0, "dropped_air": 0}
+        if skip_bad:
+            self.counts["skipped_bad"] = 0
         for item in data:
-            loaded = to_float(load(dict(item)))
-            slices = slicer(loaded)  # checks the volumes' dimensions and shapes
-            if self.min_size is not None:
-                self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            try:
+                loaded = to_float(load(dict(item)))
+                slices = slicer(loaded)  # checks the volumes' dimensions and shapes
+                self._check_pair(loaded, item)  # finite values, same grid
+                if self.min_size is not None:
+                    self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            except (ValueError, OSError) as e:  # each names its files
+                if not skip_bad:
+                    raise
+                logger.warning("PETSliceDataset: skipping a bad pair (skip_bad_pairs): %s", e)
+                self.counts["skipped_bad"] += 1
+                continue
             if self.cache_dir is not None and slices:
                 slices = self._store(slices, item, (slicer.axis, air_threshold, reference_key))
             del loaded
@@ -429,9 +449,10 @@ class PETSliceDataset:
             self.counts["dropped_air"] += slicer.last_counts["dropped_air"]
         self.counts["slices_total"] = self.counts["kept"] + self.counts["dropped_air"]
         logger.info(
-            "PETSliceDataset: %d volumes, %d slices along axis %d: kept %d, dropped %d air-only (threshold %g x volume max).",
+            "PETSliceDataset: %d volumes, %d slices along axis %d: kept %d, dropped %d air-only (threshold %g x volume max)%s.",
             self.counts["volumes"], self.counts["slices_total"], slicer.axis, self.counts["kept"],
             self.counts["dropped_air"], air_threshold,
+            f"; skipped {self.counts['skipped_bad']} bad pair(s) (skip_bad_pairs)" if self.counts.get("skipped_bad") else "",
         )
         if not self.slices:
             raise ValueError(f"PETSliceDataset: no slice left of {self.counts['volumes']} volume(s) ({self.counts}).")
@@ -458,6 +479,18 @@ class PETSliceDataset:
                 ref[k] = _StoredSlice(str(path), i, j, s[k].affine, dict(s[k].meta))
             out.append(ref)
         return out
+
+    def _check_pair(self, loaded: Mapping, item: Mapping) -> None:
+        from monai_rat.data.pair_check import pair_problems
+
+        keys = [k for k in self.keys if k in loaded]
+        problems = pair_problems(loaded, keys) if len(keys) > 1 else []
+        if problems:
+            files = ", ".join(repr(str(item[k])) for k in keys)
+            raise ValueError(
+                f"PETSliceDataset: bad pair {files}, found before training started: {'; '.join(problems)}. Fix or remove "
+                "it, or pass --skip_bad_pairs true to leave bad pairs out."
+            )
 
     def _check_size(self, shape: Sequence[int], axis: int, item: Mapping) -> None:
         in_plane = tuple(int(n) for i, n in enumerate(shape[1:]) if i != axis)

@@ -3,8 +3,8 @@ metric logs, evaluation baselines and panels, schedule selection and a one-input
 
 import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
 from monai_rat.engines.baselines import ClassicalBaselines
-
-from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckpointLoadError, NetworkCheckpointLoader, atomic_torch_save
+from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader, atomic_torch_save
+from monai_rat.engines.guards import NonFiniteLossGuard, batch_files
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
 from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
@@ -20,9 +20,9 @@ __all__ = [
     "InferenceManifest",
     "InferenceProgress",
     "AtomicCheckpointSaver",
-    "CheckpointLoadError",
-    "NetworkCheckpointLoader",
+    "CheckedCheckpointLoader",
     "ClassicalBaselines",
+    "NonFiniteLossGuard",
     "MetricsHistory",
     "MetricsSummary",
     "RegionLossAdapter",
@@ -30,6 +30,7 @@ __all__ = [
     "RestorationPanels",
     "TensorBoardValidationImages",
     "atomic_torch_save",
+    "batch_files",
     "file_kind",
     "inference_datalist",
     "select_schedule",

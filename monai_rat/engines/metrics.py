@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from monai_rat.utils import atomic_write
+
 __all__ = ["MetricsHistory", "MetricsSummary"]
 
 
@@ -34,6 +36,12 @@ class MetricsHistory:
     Attach to the trainer; each time ``evaluator`` completes, a row records the trainer iteration, the
     learning rate, the last training loss, every evaluator metric, the elapsed time and an estimate of
     the time left. A resumed run appends to the existing files (rows from before the resume are kept).
+
+    Both files are rewritten atomically (:func:`monai_rat.utils.atomic_write`): a kill leaves the old
+    or the new version. A ``<name>.json`` that is not valid JSON (torn by a kill during a write of an
+    older version, or edited by hand) does not stop training: when the trainer starts, it is renamed
+    aside to ``<name>.json.torn-<time>`` with a warning naming both files, and the history is
+    recovered from ``<name>.csv`` (its complete rows) or, when that is unusable too, started afresh.
 
     Args:
         evaluator: the validation engine (the one run by ``ValidationHandler``).
@@ -87,12 +95,33 @@ class MetricsHistory:
     def _started(self, engine: Any) -> None:
         self._t0 = time.time()
         self._it0 = engine.state.iteration
+        if _is_rank0():
+            self._rows()  # a torn log is dealt with (and reported) now, not after a round of training
 
     def _rows(self) -> list[dict]:
+        """The rows written so far: from ``<name>.json``, or recovered when it is torn (see the class docstring)."""
         if not os.path.isfile(self.json_path):
             return []
-        with open(self.json_path) as f:
-            return list(json.load(f).get("history", []))
+        try:
+            with open(self.json_path, encoding="utf-8") as f:
+                content = json.load(f)
+            rows = content.get("history") if isinstance(content, dict) else None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"expected {{'history': [rows]}}, found {type(content).__name__}")
+            return list(rows)
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            reason = f"{type(e).__name__}: {e}"
+        aside = f"{self.json_path}.torn-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.json_path, aside)
+        rows = _csv_rows(self.csv_path)
+        found = f"recovered {len(rows)} row(s) from {self.csv_path}" if rows else "starting a new history"
+        with atomic_write(self.json_path) as f:
+            json.dump({"history": rows}, f, indent=1)
+        self.logger.warning(
+            f"Metric log {self.json_path} is not readable ({reason}); it was probably cut short by a kill during a "
+            f"write. Renamed it to {aside} and {found}."
+        )
+        return rows
 
     def record(self, evaluator: Any = None) -> dict:
         """Write the row for the validation that just completed (rank 0 only) and log a progress line.
@@ -131,16 +160,43 @@ class MetricsHistory:
             return row
         os.makedirs(self.output_dir, exist_ok=True)
         rows = [r for r in self._rows() if r.get("iteration", -1) < row["iteration"]] + [row]
-        with open(self.json_path, "w") as f:
-            json.dump({"history": rows}, f, indent=1)
         fields: list[str] = []
         for r in rows:
             fields += [k for k in r if k not in fields]
-        with open(self.csv_path, "w", newline="") as f:
+        with atomic_write(self.csv_path, newline="") as f:  # the CSV first: the JSON is what a resume reads
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+        with atomic_write(self.json_path) as f:
+            json.dump({"history": rows}, f, indent=1)
         return row
+
+
+def _csv_rows(path: str) -> list[dict]:
+    """The complete rows of a metrics CSV (numbers as numbers); ``[]`` when it is missing or unreadable.
+
+    A row cut short (fewer fields than the header) or holding a value that is not a number is dropped,
+    and so is every row after it (a torn file ends there).
+    """
+    if not os.path.isfile(path):
+        return []
+    rows: list[dict] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for raw in csv.DictReader(f):
+                if None in raw or any(v is None for v in raw.values()):
+                    break
+                row: dict[str, Any] = {}
+                for k, v in raw.items():
+                    if v == "":
+                        continue
+                    row[k] = int(v) if k in ("iteration", "epoch") else float(v)
+                if "iteration" not in row:
+                    break
+                rows.append(row)
+    except (ValueError, UnicodeDecodeError, csv.Error, OSError):
+        pass
+    return rows
 
 
 class MetricsSummary:
@@ -356,9 +412,9 @@ class MetricsSummary:
             notes["metric_names"] = metric_desc
         if _is_rank0():
             os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, f"{self.name}.json"), "w") as f:
+            with atomic_write(os.path.join(self.output_dir, f"{self.name}.json")) as f:
                 json.dump({"metrics": summary, **extra, **notes}, f, indent=1)
-            with open(os.path.join(self.output_dir, f"{self.name}.csv"), "w", newline="") as f:
+            with atomic_write(os.path.join(self.output_dir, f"{self.name}.csv"), newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["metric", "subset", "mean", "std", "n", "compares"])
                 for group, stats in [("all", summary), *subsets.items()]:

@@ -154,7 +154,7 @@ def network_from_checkpoint(
       ``out_channels`` and ``spatial_dims`` (the bundle's, always given) too.
     - no record (a checkpoint saved before records existed), no file yet, or a file that cannot be
       read: the network is built from the arguments (``name`` ``None``: ``"rat"``); loading the weights
-      (:class:`monai_rat.engines.NetworkCheckpointLoader`) then says what is wrong, in one line.
+      (:class:`monai_rat.engines.CheckedCheckpointLoader`) then says what is wrong, in one line.
 
     Args:
         ckpt_path: the checkpoint file (``model.pt``).
@@ -193,7 +193,8 @@ def network_from_checkpoint(
         said = ", ".join(f"{_override_flag(k)} {v!r}" for k, v in wrong.items())
         fix = " ".join(f"{_override_flag(k)} {record.get(k)!r}" for k in wrong if k in ("name", "feature_size", "network_kwargs"))
         raise CheckpointMismatchError(
-            f"Checkpoint {ckpt_path} holds {describe_record(record)} but {said} was asked for: drop "
+            f"ckpt_path: {os.fspath(ckpt_path)!r} holds {describe_record(record)} and does not fit the network asked for "
+            f"({said}): drop "
             f"{'that override' if len(wrong) == 1 else 'those overrides'} (the network is read from the checkpoint)"
             + (f", pass {fix}," if fix else "")
             + " or pass the --ckpt_path of a checkpoint of the network you want."
