@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -69,17 +68,10 @@ def _meta_file(x: Any) -> str | None:
 
 
 def _write_json_atomically(obj: Any, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from monai_rat.utils import atomic_write
+
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1)
 
 
 def _fmt(p: Any) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_rat.utils import as_flag
+from monai_rat.utils import as_flag, atomic_write
 
 __all__ = ["InferenceManifest", "InferenceProgress", "MANIFEST_NAME"]
 
@@ -94,7 +93,7 @@ def _files_under(folder: str) -> dict[str, int]:
         return out
     for root, _, files in os.walk(folder):
         for f in files:
-            if f == MANIFEST_NAME or f.endswith(".tmp"):
+            if f == MANIFEST_NAME or f.endswith(".tmp") or (f.startswith(".") and ".tmp" in f):  # atomic writes in flight
                 continue
             p = os.path.join(root, f)
             try:
@@ -232,8 +231,5 @@ class InferenceManifest:
         start_ns = int(self._t0 * 1e9) - 2 * 10**9  # a little slack for coarse file-system clocks
         outputs = sorted(k for k, t in after.items() if t >= start_ns or self._before.get(k) != t)
         manifest = {**self._current(), "outputs": outputs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.makedirs(self.output_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=MANIFEST_NAME + ".", suffix=".tmp", dir=self.output_dir)
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(self.path) as f:
             json.dump(manifest, f, indent=1)
-        os.replace(tmp, self.path)

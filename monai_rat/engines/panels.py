@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_rat.utils import as_flag
+from monai_rat.utils import as_flag, atomic_write
 
 __all__ = ["RestorationPanels", "image_name"]
 
@@ -305,7 +305,8 @@ class RestorationPanels:
             if self.save_predictions:
                 os.makedirs(self.prediction_dir, exist_ok=True)
                 path = os.path.join(self.prediction_dir, f"{name}.npy")
-                np.save(path, pred.astype(np.float32))
+                with atomic_write(path, "wb") as f:
+                    np.save(f, pred.astype(np.float32))
                 self.predictions.append(path)
             if not self.panels or (self.max_panels is not None and len(self.written) >= self.max_panels):
                 continue
@@ -337,7 +338,8 @@ class RestorationPanels:
         panel = self._panel(name, tiles, caption)
         os.makedirs(self.panel_dir, exist_ok=True)
         path = os.path.join(self.panel_dir, f"{name}.png")
-        panel.save(path)
+        with atomic_write(path, "wb") as f:
+            panel.save(f, format="PNG")
         self.written.append(path)
         if len(self._thumbs) < self.overview_max:
             width = 1400 if self._seen <= self.overview_rows else 480
@@ -373,7 +375,8 @@ class RestorationPanels:
         sheet = Image.new("RGB", (cols * cw, rows * rh), (255, 255, 255))
         for i, t in enumerate(thumbs):
             sheet.paste(t, ((i % cols) * cw, (i // cols) * rh))
-        sheet.save(self.overview_path)
+        with atomic_write(self.overview_path, "wb") as f:
+            sheet.save(f, format="PNG")
         more = "" if len(self.written) <= len(thumbs) else f" (the first {len(thumbs)})"
         skipped = "" if self.max_panels is None or self._seen <= self.max_panels else f" of {self._seen} test images (--max_panels {self.max_panels})"
         self.logger.info(f"Wrote {len(self.written)} panels{skipped} to {self.panel_dir} and the overview{more} {self.overview_path}.")
