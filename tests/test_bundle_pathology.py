@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def trained(tmp_path_factory) -> dict:
 def test_tiny_training_run(trained):
     out_dir, log = trained["out_dir"], trained["log"]
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
-    assert "PATHOLOGY DEMO tiles (12 training / 4 validation" in log
+    assert "PATHOLOGY DEMO tiles (21 training / 4 validation / 4 test" in log
     assert (out_dir / "models" / "model.pt").is_file() and (out_dir / "models" / "last.pt").is_file()
     with open(out_dir / "logs" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -67,6 +68,10 @@ def test_evaluation_whole_tiles_mean_and_std(trained):
     summary = json.loads((out_dir / "eval" / "summary.json").read_text())["metrics"]
     for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
         assert summary[name]["n"] == 4 and np.isfinite(summary[name]["mean"]) and summary[name]["std"] >= 0, name
+    # the test block's tiles (columns 384-511 of ihc.png), not the validation block the checkpoint was chosen on
+    with open(out_dir / "eval" / "val_psnr_raw.csv", newline="") as f:
+        names = sorted(Path(r["filename"]).stem for r in csv.DictReader(f))
+    assert names == [f"ihc_test_y{y:03d}_x384" for y in (0, 128, 256, 384)], names
     # the bicubic input of ihc tiles: about 28.4 dB against the originals (MONAI PSNR, data range 1 = 255)
     assert 26 < summary["input_psnr"]["mean"] < 31
     assert "Test split (4 images):" in log and "bicubic input" in log and "low-dose" not in log

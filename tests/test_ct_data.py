@@ -81,6 +81,11 @@ def test_demo_splits_hold_out_anatomy(demo):
     (a, full_a), (b, full_b) = _pair(dl["training"][0]), _pair(dl["training"][1])
     assert dl["training"][0]["label"] == dl["training"][1]["label"] and np.array_equal(full_a, full_b)
     assert not np.allclose(a, b)
+    # the two training draws of a source are at 1/8 and 1/2 of the full dose (dose_spread 2 around 1/4),
+    # so the first is the noisier; validation and test are at quarter dose
+    assert [d["dose_fraction"] for d in dl["training"][:2]] == [0.125, 0.5]
+    assert np.std(a - full_a) > 1.5 * np.std(b - full_b)
+    assert {d["dose_fraction"] for d in dl["validation"] + dl["test"]} == {0.25}
 
 
 def test_textured_phantom_has_texture():
@@ -145,6 +150,8 @@ def test_demo_is_reused_and_settings_do_not_mix(demo, tmp_path):
         make_ct_demo(tmp_path, num_train=3)
     with pytest.raises(ValueError, match="noise_draws"):
         make_ct_demo(tmp_path, noise_draws=0)
+    with pytest.raises(ValueError, match="dose_spread"):
+        make_ct_demo(tmp_path, dose_spread=0.5)
     os.remove(small["test"][0]["label"])  # a damaged cache is rebuilt, not handed out
     rebuilt = make_ct_demo(tmp_path, image_size=64, num_train=7, num_val=1, num_test=0, noise_draws=1, real_size=64)
     assert os.path.isfile(rebuilt["test"][0]["label"])

@@ -13,7 +13,14 @@ from .ct_transforms import (
     ct_to_hu_transform,
 )
 from .dicom_writer import SaveAsDICOM, SaveAsDICOMD, SaveAsDICOMd, SaveAsDICOMDict, write_dicom_slice
-from .pet_demo import PET_DEMO_VERSION, PET_UPTAKE_RATIOS, make_pet_demo, pet_activity_phantoms
+from .pet_demo import (
+    PET_DEMO_VERSION,
+    PET_UPTAKE_RATIOS,
+    REAL_PET_SOURCES,
+    make_pet_demo,
+    pet_activity_phantoms,
+    textured_activity_phantom,
+)
 from .loading import (
     NIFTI_SUFFIXES,
     LoadImageChecked,
@@ -33,6 +40,7 @@ from .pet_data import (
 )
 from .pathology_demo import (
     PATHOLOGY_DATA_HINT,
+    PATHOLOGY_DEMO_BLOCKS,
     PATHOLOGY_DEMO_VERSION,
     PATHOLOGY_EXTENSIONS,
     make_pathology_demo,

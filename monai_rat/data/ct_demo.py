@@ -30,7 +30,8 @@ Splits (by anatomy: no patient or phantom is in two splits):
 
 - **training**: ``CT_small`` in 4 orientations (identity, left-right flip, up-down flip, 90-degree
   rotation), the Shepp-Logan phantom in 2 orientations and ``num_train - 6`` textured phantoms, each
-  with ``noise_draws`` independent low-dose draws (so ``num_train * noise_draws`` pairs);
+  with ``noise_draws`` independent low-dose draws at doses spread around the nominal one
+  (``dose_spread``; so ``num_train * noise_draws`` pairs);
 - **validation** (checkpoint choice, tuning of classical filters): the real head ``693_J2KI`` and
   ``num_val`` further textured phantoms;
 - **test** (reported scores): the real head ``J2K_pixelrep_mismatch`` and ``num_test`` further textured
@@ -48,6 +49,7 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +278,59 @@ def _head(shape, rng, yy, ellipse) -> np.ndarray:
     return img
 
 
+#: scikit-image's own grey (or greyed) photographs used as texture sources (none needs a download)
+NATURAL_IMAGES = ("camera", "moon", "brick", "gravel", "grass", "coins", "astronaut", "coffee", "chelsea", "rocket",
+                  "clock", "cell")
+
+
+def natural_texture_slice(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A CT-like slice in HU whose body is textured by one of scikit-image's photographs.
+
+    A random square crop of the photograph (grey; at least half its shorter side) is resampled to
+    ``size`` x ``size`` and mapped linearly into a soft-tissue-like HU range (low end -150..-50 HU,
+    high end 150..400 HU) inside an elliptical body (air outside). Why: the demo's phantoms are
+    smooth shapes, while real slices are full of fine structure at every scale; photographs carry such
+    structure, so a network trained with them learns to keep detail while removing CT noise (they are
+    not anatomy, so no test anatomy leaks in).
+
+    Args:
+        name: one of :data:`NATURAL_IMAGES`.
+        size: output side, >= 16.
+        rng: the random generator (crop, HU range, body shape).
+
+    Returns:
+        float64 ``(size, size)`` array in HU.
+
+    Raises:
+        ValueError: for an unknown ``name`` or ``size`` < 16.
+    """
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.transform import resize
+
+    if name not in NATURAL_IMAGES:
+        raise ValueError(f"natural_texture_slice: `name` must be one of {NATURAL_IMAGES}, got {name!r}.")
+    if size < 16:
+        raise ValueError(f"natural_texture_slice: `size` must be >= 16, got {size}.")
+    img = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
+    if img.ndim == 3:
+        img = rgb2gray(img[..., :3] / 255.0)
+    else:
+        img = img / 255.0
+    h, w = img.shape
+    side = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    tex = resize(img[top : top + side, left : left + side], (size, size), order=1, anti_aliasing=True)
+    if rng.uniform() < 0.5:
+        tex = tex[:, ::-1]
+    lo, hi = rng.uniform(-150, -50), rng.uniform(150, 400)
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    ay, ax = rng.uniform(0.75, 0.95), rng.uniform(0.75, 0.95)
+    body = (yy / ay) ** 2 + (xx / ax) ** 2 <= 1.0
+    return np.where(body, lo + (hi - lo) * tex, -1000.0)
+
+
 def _pydicom_test_file(name: str) -> str:
     import pydicom
 
@@ -349,6 +404,8 @@ def make_ct_demo(
     num_val: int = 8,
     num_test: int = 8,
     noise_draws: int = 4,
+    num_natural: int = 0,
+    dose_spread: float = 2.0,
     real_size: int = 256,
     dose_fraction: float = 0.25,
     full_dose_photons: float = 1e5,
@@ -384,6 +441,12 @@ def make_ct_demo(
             relies on.
         noise_draws: independent low-dose draws per training source, >= 1 (default 4): more noise
             realisations of the same anatomy, so a network cannot learn the noise by heart.
+        dose_spread: the training draws of a source are made at doses spread evenly on a log scale
+            from ``dose_fraction / dose_spread`` to ``dose_fraction * dose_spread`` (default 2.0: from
+            1/8 to 1/2 of the full dose around quarter dose), so that every anatomy is seen at several
+            noise levels and a network cannot tie a noise level to a kind of image (small phantoms are
+            less noisy than large ones at one dose); 1.0 makes every draw at ``dose_fraction``.
+            Validation and test are always at ``dose_fraction``.
         real_size: side the two 512 x 512 real heads are resampled to (default 256), >= 32.
         dose_fraction: the low dose as a fraction of the full dose (default 0.25, quarter dose).
         full_dose_photons: incident photons per detector bin at full dose (default 1e5).
@@ -404,10 +467,13 @@ def make_ct_demo(
     from monai_rat.transforms.simulate_ct import SimulateLowDoseCT
 
     limits = {"image_size": (image_size, 32), "num_train": (num_train, 7), "num_val": (num_val, 0),
-              "num_test": (num_test, 0), "noise_draws": (noise_draws, 1), "real_size": (real_size, 32)}
+              "num_test": (num_test, 0), "noise_draws": (noise_draws, 1), "real_size": (real_size, 32),
+              "num_natural": (num_natural, 0)}
     for name, (value, low) in limits.items():
         if int(value) != value or int(value) < low:
             raise ValueError(f"make_ct_demo: `{name}` must be an integer >= {low}, got {value!r}.")
+    if not (np.isfinite(dose_spread) and dose_spread >= 1.0):
+        raise ValueError(f"make_ct_demo: `dose_spread` must be a number >= 1, got {dose_spread!r}.")
     settings = {
         "version": CT_DEMO_VERSION,
         "image_size": int(image_size),
@@ -415,6 +481,8 @@ def make_ct_demo(
         "num_val": int(num_val),
         "num_test": int(num_test),
         "noise_draws": int(noise_draws),
+        "num_natural": int(num_natural),
+        "dose_spread": float(dose_spread),
         "real_size": int(real_size),
         "dose_fraction": float(dose_fraction),
         "full_dose_photons": float(full_dose_photons),
@@ -470,6 +538,10 @@ def _sources(s: dict) -> list[tuple[str, str, np.ndarray, float, str, str]]:
             kind = PHANTOM_KINDS[i % 2]  # body and head phantoms, alternating
             out.append((split, f"phantom_{split[:4]}_{i:03d}", textured_phantom(size, rng, kind), px, "phantom",
                         f"textured {kind} phantom {split} {i} (seed {s['seed']})"))
+    for i in range(s["num_natural"]):
+        name = NATURAL_IMAGES[i % len(NATURAL_IMAGES)]
+        out.append(("training", f"natural_{i:03d}_{name}", natural_texture_slice(name, size, rng), px, "phantom",
+                    f"scikit-image photograph {name!r} as CT texture {i} (seed {s['seed']})"))
     for name, (_, _, split) in REAL_CT_SLICES.items():
         if split != "training":
             hu, rpx, what = real(name, s["real_size"])
@@ -483,7 +555,7 @@ def _build(folder: Path, s: dict, simulator_cls) -> dict:
     (folder / "low_dose").mkdir()
     (folder / "full_dose").mkdir()
     datalist: dict = {"training": [], "validation": [], "test": []}
-    for k, (split, name, hu, pixel, source, anatomy) in enumerate(_sources(s)):
+    for split, name, hu, pixel, source, anatomy in _sources(s):
         kw = dict(
             full_dose_photons=s["full_dose_photons"],
             dose_fraction=s["dose_fraction"],
@@ -495,14 +567,18 @@ def _build(folder: Path, s: dict, simulator_cls) -> dict:
         nib.save(nib.Nifti1Image(full.astype(np.float32), affine), str(folder / "full_dose" / f"{name}.nii.gz"))
         draws = s["noise_draws"] if split == "training" else 1
         for d in range(draws):
-            sim = simulator_cls(**kw)
-            sim.set_random_state(seed=(s["seed"] * 100003 + k * 101 + d) % (2**32))
+            # training draws spread evenly (on a log scale) over dose_fraction / spread .. dose_fraction * spread
+            factor = s["dose_spread"] ** (2 * d / (draws - 1) - 1) if draws > 1 else 1.0
+            sim = simulator_cls(**{**kw, "dose_fraction": s["dose_fraction"] * factor})
+            # seeded by the image's name, not its position: the validation and test draws stay the same
+            # whatever the training set holds (so figures from different training options compare)
+            sim.set_random_state(seed=zlib.crc32(f"{s['seed']}/{name}/{d}".encode()))
             low = sim(hu[None])[0]
             low_name = f"{name}_d{d}" if draws > 1 else name
             nib.save(nib.Nifti1Image(low.astype(np.float32), affine), str(folder / "low_dose" / f"{low_name}.nii.gz"))
             datalist[split].append(
                 {"image": f"low_dose/{low_name}.nii.gz", "label": f"full_dose/{name}.nii.gz", "name": low_name,
-                 "source": source, "anatomy": anatomy}
+                 "source": source, "anatomy": anatomy, "dose_fraction": round(s["dose_fraction"] * factor, 6)}
             )
     with open(folder / "README.txt", "w") as f:
         f.write(

@@ -117,19 +117,26 @@ def pet_datalist(
     val_patients: Sequence[str] | None = None,
     val_fraction: float = 25 / 115,
     seed: int = 0,
+    test_patients: Sequence[str] | None = None,
+    test_fraction: float = 0.0,
     **kwargs,
 ) -> dict:
     """The PET datalist: the built-in demo volumes, a folder of paired NIfTI volumes, or a datalist JSON.
 
     - ``dataset_dir`` None or "": the demo (:func:`monai_rat.data.make_pet_demo`, built once under
-      ``cache_dir``; ``kwargs`` go to it); the log says so.
+      ``cache_dir``; ``kwargs`` go to it; three splits by anatomy); the log says so.
     - a folder: :func:`pet_volume_pairs` (``low_dose/`` and ``full_dose/`` with the same file names),
-      split by patient: ``val_patients`` when given, else a seeded random ``val_fraction`` of the
-      patients (default 25 / 115, the paper's 90 / 25 split; at least one patient each side).
-    - a ``.json`` file: a MONAI datalist with "training" and "validation" of volume pairs
-      (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is. Pairs of NIfTI
-      files are checked like a folder's (headers only: readable, 3D, same shape); other formats
-      are checked when :class:`PETSliceDataset` loads them.
+      split by patient. "test": ``test_patients`` when given, else a seeded random ``test_fraction`` of
+      the patients (default 0: no test split). "validation": ``val_patients`` when given (none of them a
+      test patient), else a seeded random ``val_fraction`` of all patients (default 25 / 115, the
+      paper's 90 / 25 split), drawn from the patients not in "test"; at least one patient each in
+      training and validation. Without a test split, "test" is the validation list and a WARNING says
+      that scores on it are not held out from checkpoint choice.
+    - a ``.json`` file: a MONAI datalist with "training", "validation" and optionally "test" of volume
+      pairs (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is (without "test",
+      "test" = "validation", with the same WARNING). Pairs of NIfTI files are checked like a folder's
+      (headers only: readable, 3D, same shape); other formats are checked when
+      :class:`PETSliceDataset` loads them.
 
     Memoised per process and arguments (a deep copy is returned).
 
@@ -137,39 +144,53 @@ def pet_datalist(
         dataset_dir: None / "" (demo), a folder, or a datalist ``.json``.
         cache_dir: where the demo is built (default ``$MONAI_RAT_CACHE`` or ``~/.cache/monai_rat``).
         val_patients: patient names (file names without extension) for validation (folder only).
-        val_fraction: share of patients for validation when ``val_patients`` is None (folder only),
+        val_fraction: share of all patients for validation when ``val_patients`` is None (folder only),
             in (0, 1).
-        seed: seed of the random patient split (folder only).
+        seed: seed of the random patient splits (folder only).
+        test_patients: patient names for the test split (folder only).
+        test_fraction: share of patients for test when ``test_patients`` is None (folder only), in
+            [0, 1); 0 (default): no test split.
         kwargs: passed to :func:`monai_rat.data.make_pet_demo` (demo only).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image", "label", "name"}``
-        items ("test" = validation).
+        items (the demo's also carry "source" and "anatomy").
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` or a listed file does not exist.
         ValueError: for unpaired or mismatched volumes or an unreadable NIfTI header (the files are
-            named), an unknown name in ``val_patients``, a split that leaves a side empty, or ``kwargs``
+            named), an unknown name in ``val_patients`` or ``test_patients``, a patient in both, a
+            fraction out of range, a split that leaves training or validation empty, or ``kwargs``
             given for real data.
     """
-    key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed),
-           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed), repr(test_patients),
+           float(test_fraction), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))  # fmt: skip
     if key not in _MEMO:
-        _MEMO[key] = _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs)
+        _MEMO[key] = _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, test_patients, test_fraction, **kwargs)
     return copy.deepcopy(_MEMO[key])
 
 
-def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs) -> dict:
+def _warn_no_test(where: str, how: str) -> None:
+    logger.warning(
+        "PET data: %s has no test split, so \"test\" = \"validation\": scores on \"test\" are NOT held out from "
+        "checkpoint choice (the best checkpoint is picked on the same volumes). %s", where, how,
+    )
+
+
+def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, test_patients, test_fraction, **kwargs) -> dict:
+    import json
+
     from monai_rat.data.datalist import load_paired_datalist
     from monai_rat.data.pet_demo import make_pet_demo
 
     if dataset_dir is None or str(dataset_dir).strip() == "":
         out = make_pet_demo(cache_dir, **kwargs)
         logger.warning(
-            "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation patients, simulated "
-            "low-count PET at DRF %s from pydicom's MR_small.dcm and the Shepp-Logan phantom; see "
-            "monai_rat.data.make_pet_demo). To train on real data pass --dataset_dir with %s.",
-            len(out["training"]), len(out["validation"]), kwargs.get("dose_reduction_factor", 12), PET_DATA_HINT,
+            "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation / %d test patients, split "
+            "by anatomy; simulated low-count PET at DRF %s from textured activity phantoms, the Shepp-Logan phantom, and "
+            "pydicom's JPEG2000.dcm bone scan (validation) and MR_small.dcm (test); see monai_rat.data.make_pet_demo). "
+            "To train on real data pass --dataset_dir with %s.",
+            len(out["training"]), len(out["validation"]), len(out["test"]), kwargs.get("dose_reduction_factor", 12), PET_DATA_HINT,
         )
         return out
     if kwargs:
@@ -177,11 +198,16 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
     path = Path(dataset_dir).expanduser()
     if path.suffix.lower() == ".json":
         out = load_paired_datalist(path)
-        for split in ("training", "validation"):
+        for split in ("training", "validation", "test"):
             for i, it in enumerate(out[split]):
                 if all(str(it[k]).lower().endswith(_NIFTI) for k in ("image", "label")):  # other formats: at load
                     _check_nifti_pair(f"{str(path)!r}: item {i} of {split!r}", it["image"], it["label"])
-        logger.info("PET data: datalist %s: %d training / %d validation volumes.", path, len(out["training"]), len(out["validation"]))
+        with open(path) as f:
+            has_test = "test" in json.load(f)
+        logger.info("PET data: datalist %s: %d training / %d validation / %d test volumes.",
+                    path, len(out["training"]), len(out["validation"]), len(out["test"]))
+        if not has_test:
+            _warn_no_test(f"datalist {str(path)!r}", 'Add a "test" list of held-out volumes to the JSON.')
         return out
     if not path.is_dir():
         raise FileNotFoundError(
@@ -190,29 +216,44 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
         )
     items = pet_volume_pairs(path)
     names = [it["name"] for it in items]
-    if val_patients is not None:
-        unknown = sorted(set(val_patients) - set(names))
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    for what, given in (("test_patients", test_patients), ("val_patients", val_patients)):
+        unknown = sorted(set(given or ()) - set(names))
         if unknown:
-            raise ValueError(f"pet_datalist: `val_patients` {unknown} are not in {str(path)!r} (patients: {names}).")
+            raise ValueError(f"pet_datalist: `{what}` {unknown} are not in {str(path)!r} (patients: {names}).")
+    if test_patients is not None:
+        test = set(test_patients)
+    else:
+        if not 0 <= float(test_fraction) < 1:
+            raise ValueError(f"pet_datalist: `test_fraction` must be in [0, 1), got {test_fraction!r}.")
+        test = set(order[: max(1, int(round(test_fraction * len(order))))]) if test_fraction > 0 else set()
+    if val_patients is not None:
+        both = sorted(set(val_patients) & test)
+        if both:
+            raise ValueError(f"pet_datalist: patient(s) {both} are in both validation and test; a test patient must be held out.")
         val = set(val_patients)
     else:
         if not 0 < float(val_fraction) < 1:
             raise ValueError(f"pet_datalist: `val_fraction` must be in (0, 1), got {val_fraction!r}.")
-        order = list(names)
-        random.Random(seed).shuffle(order)
-        val = set(order[: max(1, int(round(val_fraction * len(order))))])
+        rest = [n for n in order if n not in test]
+        val = set(rest[: max(1, int(round(val_fraction * len(order))))])
     out = {
-        "training": [it for it in items if it["name"] not in val],
+        "training": [it for it in items if it["name"] not in val | test],
         "validation": [it for it in items if it["name"] in val],
+        "test": [it for it in items if it["name"] in test],
     }
     if not out["training"] or not out["validation"]:
         raise ValueError(
             f"pet_datalist: the patient split of {len(items)} patient(s) in {str(path)!r} leaves "
-            f"{len(out['training'])} for training and {len(out['validation'])} for validation; both need >= 1."
+            f"{len(out['training'])} for training, {len(out['validation'])} for validation and {len(out['test'])} for "
+            "test; training and validation both need >= 1."
         )
-    out["test"] = copy.deepcopy(out["validation"])
-    logger.info("PET data: %s: %d training / %d validation patients (validation: %s).",
-                path, len(out["training"]), len(out["validation"]), sorted(val))
+    logger.info("PET data: %s: %d training / %d validation / %d test patients (validation: %s; test: %s).",
+                path, len(out["training"]), len(out["validation"]), len(out["test"]), sorted(val), sorted(test))
+    if not test:
+        out["test"] = copy.deepcopy(out["validation"])
+        _warn_no_test(str(path), "Pass test_patients=[...] or test_fraction=... to hold patients out for the test split.")
     return out
 
 
