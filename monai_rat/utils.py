@@ -1,4 +1,4 @@
-"""Small helpers: checking region maps and numbering regions (network, loss), and writing files atomically."""
+"""Small helpers: checking region maps and numbering regions (network, loss), writing files atomically, reading on/off flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["as_region_labels", "atomic_write", "region_groups"]
+__all__ = ["as_flag", "as_region_labels", "atomic_write", "region_groups"]
 
 
 @contextlib.contextmanager
@@ -61,6 +61,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "none", "null", "")
+
+
+def as_flag(value, name: str = "flag") -> bool:
+    """A bundle on/off setting as a bool: ``True``/``False``, and also the strings ``"true"``/``"false"``.
+
+    ``python -m monai.bundle run ... --amp false`` passes the *string* ``"false"`` (Python's ``fire`` only
+    turns ``False`` into a bool), which is truthy; the bundles read their flags through this so that
+    both spellings work.
+
+    Args:
+        value: a bool, an int 0/1, ``None`` (False) or one of the strings true/false, yes/no, on/off, 1/0
+            (any case).
+        name: the setting's name, for the error message.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"--{name} must be true or false, got {value!r}.")
 
 
 def as_region_labels(regions, batch: int, spatial: tuple[int, ...], name: str = "regions") -> torch.Tensor:

@@ -372,15 +372,15 @@ def runs(tmp_path_factory) -> dict:
     hu = np.asarray(nib.load(low).get_fdata(), dtype=np.float32)[:45, :63]
     nib.save(nib.Nifti1Image(hu, np.eye(4)), src / "odd.nii.gz")
     ckpt = str(out["ct"] / "models" / "model.pt")
-    infer = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--ckpt_path", ckpt,
-             "--feature_size", "8", *reg]  # fmt: skip
+    infer = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--ckpt_path", ckpt, *reg]
     # and the pathology evaluation (ConditionRegionsNetwork + sliding windows) with the edsr checkpoint
     evaluate = ["run", "evaluating", "--config_file", "['bundles/pathology/train.json','bundles/pathology/evaluate.json']",
                 "--output_dir", str(out["pathology"]), *reg, "--feature_size", "8", "--network_name", "edsr",
                 "--network_kwargs", "{'num_res_blocks': 2}"]  # fmt: skip
     inf = run_bundle_commands(
-        [[*infer, "--output_dir", str(out["infer"]), "--network_name", "redcnn"], [*infer, "--output_dir", str(work / "as_rat")],
-         evaluate],
+        [[*infer, "--output_dir", str(out["infer"]), "--network_name", "redcnn", "--feature_size", "8"],
+         [*infer, "--output_dir", str(work / "as_rat"), "--network_name", "rat"],
+         [*infer, "--output_dir", str(work / "as_recorded")], evaluate],
         cache, work / "logs_infer", timeout=300,
     )  # fmt: skip
     return {"out": out, "results": results, "infer": inf, "hu": hu, "ckpt": ckpt, "work": work}
@@ -414,7 +414,7 @@ def test_bundle_trains_the_named_network(runs, bundle, name, kwargs, channels):
 def test_ct_inference_loads_the_baseline_checkpoint_and_only_with_its_name(runs):
     import nibabel as nib
 
-    ok, as_rat, _ = runs["infer"]
+    ok, as_rat, as_recorded, _ = runs["infer"]
     assert ok["returncode"] == 0, ok["output"][-5000:]
     written = nib.load(runs["out"]["infer"] / "odd_rat.nii.gz").get_fdata()
     assert written.shape == runs["hu"].shape
@@ -424,13 +424,16 @@ def test_ct_inference_loads_the_baseline_checkpoint_and_only_with_its_name(runs)
     with torch.no_grad():
         expected = net(torch.from_numpy((runs["hu"] + 1024.0) / 4096.0)[None, None])[0, 0].numpy() * 4096.0 - 1024.0
     np.testing.assert_allclose(written, expected, atol=0.05)
-    # the default network (RAT) cannot load a redcnn checkpoint: the command fails and says why
+    # the checkpoint records its network: without --network_name the same RED-CNN is built ...
+    assert as_recorded["returncode"] == 0, as_recorded["output"][-5000:]
+    np.testing.assert_allclose(nib.load(runs["work"] / "as_recorded" / "odd_rat.nii.gz").get_fdata(), written, atol=1e-4)
+    # ... and asking for RAT fails at once, saying what the checkpoint holds
     assert as_rat["returncode"] != 0
-    assert "Missing key" in as_rat["output"] or "size mismatch" in as_rat["output"] or "Unexpected key" in as_rat["output"]
+    assert "holds redcnn(feature_size=8" in as_rat["output"] and "asked for (--network_name 'rat')" in as_rat["output"]
 
 
 def test_pathology_evaluation_runs_the_baseline_through_sliding_windows(runs):
-    res = runs["infer"][2]
+    res = runs["infer"][3]
     assert res["returncode"] == 0, res["output"][-5000:]
     summary = json.loads((runs["out"]["pathology"] / "eval" / "summary.json").read_text())["metrics"]
     assert summary["val_psnr"]["n"] == summary["input_psnr"]["n"] > 0
@@ -438,15 +441,16 @@ def test_pathology_evaluation_runs_the_baseline_through_sliding_windows(runs):
 
 
 def test_bare_config_network_switch_ids():
-    """Each bundle's train and inference config default to RAT with no extra arguments."""
+    """Each bundle's train config defaults to RAT with no extra arguments; inference reads the network from the checkpoint."""
     from monai.bundle import ConfigParser
 
     for bundle in ("ct", "pet", "pathology"):
         for cfg in ("train.json", "inference.json"):
             parser = ConfigParser()
             parser.read_config(str(ROOT / "bundles" / bundle / "configs" / cfg))
-            assert parser.get("network_name") == "rat" and parser.get("network_kwargs") == {}, (bundle, cfg)
+            expected = ("rat", {}) if cfg == "train.json" else (None, None)  # inference: read from the checkpoint
+            assert (parser.get("network_name"), parser.get("network_kwargs")) == expected, (bundle, cfg)
         train = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
         assert train["schedules"]["paper"]["feature_size"] is None  # each network's paper width
     ct_net = json.loads((ROOT / "bundles" / "ct" / "configs" / "inference.json").read_text())["network_def"]["network"]
-    assert ct_net["_target_"] == "monai_rat.networks.restoration_network" and "%" not in json.dumps(ct_net)
+    assert ct_net["_target_"] == "monai_rat.networks.network_from_checkpoint" and "%" not in json.dumps(ct_net)

@@ -9,8 +9,10 @@ a busy machine more threads per process only add contention).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +73,21 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert set(state) == {"network", "optimizer", "lr_scheduler", "best_saver", "trainer"}
     assert state["trainer"]["iteration"] == 4
     assert state["best_saver"]["best_metric"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-4)
+    # both checkpoints record the network they belong to (read back without building anything)
+    from monai_rat.networks import read_network_record
+
+    for f in ("model.pt", "last.pt"):
+        record = read_network_record(out_dir / "models" / f)
+        assert record["name"] == "rat" and record["feature_size"] == 8 and record["in_channels"] == 1, f
+    # a few validation images (input, restored, target) in TensorBoard, one run folder per image, at every validation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for k in (0, 1):  # the tiny demo has 2 validation images
+        acc = EventAccumulator(str(out_dir / "logs" / "images" / f"val_{k}"), size_guidance={"images": 0})
+        acc.Reload()
+        tags = acc.Tags()["images"]
+        assert {"input_0_HW_0", "input_1_HW_0", "output_HW_0"} <= set(tags), tags  # input, target, restored
+        assert [e.step for e in acc.Images("output_HW_0")] == [1, 2]  # validation rounds
 
 
 def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
@@ -133,25 +150,94 @@ def test_resume_continues_from_last_checkpoint(trained, work):
     assert history[2]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 6 / 8)) / 2, rel=1e-4)
 
 
-def test_evaluation_reports_restored_and_input_scores(trained):
+def _demo_split(trained, split: str) -> set[str]:
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    items = json.loads(demo.read_text())[split]
+    return {os.path.abspath(demo.parent / d[k]) for d in items for k in ("image", "label")}
+
+
+def test_evaluation_reports_the_model_beside_the_input_and_the_tuned_baselines(trained):
+    """The user's evaluation command: input, each classical baseline (tuned on validation only) and the model on the
+    same test slices, the best baseline named, per-source means, panels, predictions; re-running does not re-tune."""
+    from PIL import Image
+
     out_dir = trained["out_dir"]
-    log = run_bundle(
-        ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
-         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
-        trained["cache"],
-    )  # fmt: skip
-    assert "PSNR (dB): restored" in log and "low-dose input" in log
+    methods = ["gaussian", "tv", "bm3d"] if importlib.util.find_spec("bm3d") else ["gaussian", "tv"]
+    args = ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
+            "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY,
+            "--baseline_methods", repr(methods), "--save_predictions", "true"]  # fmt: skip
+    log = run_bundle(args, trained["cache"])
+    assert "Test split (3 images):" in log and "low-dose input" in log and "restored (rat)" in log
+    assert "<- best classical (chosen on validation)" in log and "vs the best classical baseline" in log
+    assert "Test split, source = 'real' (1 images):" in log and "Test split, source = 'phantom' (2 images):" in log
     summary = json.loads((out_dir / "eval" / "summary.json").read_text())
     assert summary["data_range"] == 1.0 and "4096 HU" in summary["data_range_note"]
+    assert summary["metric_protocol"].startswith("float:")
     metrics = summary["metrics"]
-    for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
+    for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim", *[f"{m}_{k}" for m in methods for k in ("psnr", "ssim")]):
         assert metrics[name]["n"] == 3  # every demo test slice (2 phantoms, 1 real head), whole, none skipped
         assert np.isfinite(metrics[name]["mean"]) and metrics[name]["std"] >= 0
     assert metrics["input_psnr"]["mean"] > 25  # quarter-dose demo input vs full dose
-    rows = {r["metric"]: r for r in _rows(out_dir / "eval" / "summary.csv")}
-    assert float(rows["input_psnr"]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
+    assert metrics["tv_psnr"]["mean"] > metrics["input_psnr"]["mean"]  # a tuned filter denoises
+    rows = summary["comparison"]["PSNR (dB)"]
+    assert [r["metric"] for r in rows] == ["input_psnr", *[f"{m}_psnr" for m in methods], "val_psnr"]
+    assert rows[0]["compares"] == "low-dose input vs full dose" and rows[-1]["compares"] == "restored (rat) vs full dose"
+    # tuned on exactly the validation files; none of them is a test file; the best is the best on validation
+    b = summary["baselines"]
+    assert set(b["validation_files"]) == _demo_split(trained, "validation")
+    assert not set(b["validation_files"]) & _demo_split(trained, "test") and b["shared_with_test"] == []
+    best = max(b["methods"], key=lambda m: b["methods"][m]["validation_psnr"])
+    assert summary["best_baseline"]["method"] == best and set(b["methods"]) == set(methods)
+    assert not any(v["from_cache"] for v in b["methods"].values())
+    # per-subset means: the held-out real head apart from the phantoms
+    assert summary["subsets"]["real"]["val_psnr"]["n"] == 1 and summary["subsets"]["phantom"]["tv_psnr"]["n"] == 2
+    csv_rows = {(r["metric"], r["subset"]): r for r in _rows(out_dir / "eval" / "summary.csv")}
+    assert float(csv_rows[("input_psnr", "all")]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
+    assert ("tv_psnr", "real") in csv_rows and csv_rows[("tv_psnr", "all")]["compares"].endswith("of the low-dose input vs full dose")
     raw = (out_dir / "eval" / "val_psnr_raw.csv").read_text()
     assert raw.count("\n") == 4 and "phantom_test_000" in raw and "J2K_pixelrep_mismatch" in raw  # header + a row per image
+    # a panel per test image (5 labelled tiles), an overview, and the predictions in network units
+    panels = sorted((out_dir / "eval" / "panels").glob("*.png"))
+    assert [p.stem for p in panels] == ["phantom_test_000", "phantom_test_001", "real_test_J2K_pixelrep_mismatch"]
+    for p in panels:
+        pred = np.load(out_dir / "eval" / "predictions" / f"{p.stem}.npy")
+        side = max(pred.shape[1:])
+        tile = side * -(-192 // side) if side < 192 else side
+        with Image.open(p) as im:
+            assert im.size == (5 * (tile + 4) + 4, tile + 36 + 22), p
+    assert (out_dir / "eval" / "overview.png").is_file()
+    assert np.load(out_dir / "eval" / "predictions" / "phantom_test_000.npy").dtype == np.float32
+    # the same command again takes the tuned parameters from the cache
+    log = run_bundle(args, trained["cache"])
+    assert log.count("from the cache") == len(methods) and "searching" not in log
+    again = json.loads((out_dir / "eval" / "summary.json").read_text())
+    assert all(v["from_cache"] for v in again["baselines"]["methods"].values())
+    assert again["metrics"]["tv_psnr"]["mean"] == pytest.approx(metrics["tv_psnr"]["mean"])
+
+
+def test_reference_metric_protocol_scores_8bit_y(trained):
+    """--metric_protocol reference: the evaluation's scores are those of the reference protocol on the test pairs."""
+    import nibabel as nib
+
+    from monai_rat.metrics import reference_psnr
+
+    out_dir = trained["out_dir"]
+    eval_dir = trained["out_dir"].parent / "eval_reference"
+    run_bundle(
+        ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
+         "--output_dir", str(out_dir), "--eval_dir", str(eval_dir), "--region_cache_dir", str(trained["regions"]), *TINY,
+         "--baseline_methods", "[]", "--panels", "false", "--metric_protocol", "reference"],
+        trained["cache"],
+    )  # fmt: skip
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["metric_protocol"].startswith("reference:") and "BT.601" in summary["metric_protocol"]
+    assert "baselines" not in summary and not (eval_dir / "panels").exists()
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    values = []
+    for d in json.loads(demo.read_text())["test"]:
+        x, y = ((np.asarray(nib.load(demo.parent / d[k]).dataobj, np.float32) + 1024) / 4096 for k in ("image", "label"))
+        values.append(reference_psnr(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None]).item())
+    assert summary["metrics"]["input_psnr"]["mean"] == pytest.approx(np.mean(values), abs=1e-4)
 
 
 def test_inference_nifti_png_dicom_any_size(trained, work):
@@ -168,12 +254,14 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     nib.save(nib.Nifti1Image(hu[:100, :72].astype(np.float32), np.eye(4)), src / "odd.nii.gz")
     Image.fromarray(np.clip(hu[:90, :110] + 1024, 0, 65535).astype(np.uint16)).save(src / "slice.png")
     out_dir = work / "infer_out"
-    run_bundle(
-        ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
-         "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8",
-         "--region_cache_dir", str(trained["regions"])],
-        trained["cache"],
-    )  # fmt: skip
+    # no --feature_size: the checkpoint records its network (RAT, feature_size 8)
+    args = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
+            "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+    log = run_bundle(args, trained["cache"])
+    progress = re.findall(r"restored (\d)/3 (\S+) in [0-9.]+ s", log)  # one line per image, with its time
+    assert [int(i) for i, _ in progress] == [1, 2, 3]
+    assert sorted(n for _, n in progress) == ["CT_small.dcm", "odd.nii.gz", "slice.png"]
+    assert "Restored 3 images in" in log and (out_dir / "inference_manifest.json").is_file()
     odd = nib.load(out_dir / "odd_rat.nii.gz").get_fdata()
     assert odd.shape == (100, 72) and np.isfinite(odd).all()
     assert np.abs(odd - hu[:100, :72]).mean() < 500  # in HU, near the input (4 training iterations)
@@ -190,6 +278,42 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     assert int(ds.SeriesNumber) != int(ref.SeriesNumber)  # the derived series is numbered on its own
     assert ds.SOPInstanceUID != ref.SOPInstanceUID and ds.ImageType[0] == "DERIVED"
     assert ds.pixel_array.shape == ref.pixel_array.shape
+    # the same command again: complete, nothing restored, and how to start afresh
+    log = run_bundle(args, trained["cache"])
+    assert "Inference already complete" in log and "--overwrite true" in log and "restored 1/3" not in log
+    # a changed input makes it run again; --overwrite true too
+    os.utime(src / "odd.nii.gz")
+    assert "restored 3/3" in run_bundle(args, trained["cache"])
+    assert "restored 3/3" in run_bundle([*args, "--overwrite", "true"], trained["cache"])
+
+
+def test_inference_checkpoint_errors_are_one_line(trained, work):
+    """Missing, truncated and mismatched checkpoints: the command fails and its error says which file and what to pass."""
+    from bundle_helpers import run_bundle_commands
+
+    model = trained["out_dir"] / "models" / "model.pt"
+    truncated = work / "truncated.pt"
+    truncated.write_bytes(model.read_bytes()[:4000])
+    src = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/phantom_test_000.nii.gz"))[0]
+    base = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src),
+            "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+    cases = {
+        "missing": ([*base, "--ckpt_path", str(work / "nowhere.pt"), "--output_dir", str(work / "e1")],
+                    rf"there is no checkpoint file '{work / 'nowhere.pt'}'.*--ckpt_path"),
+        "truncated": ([*base, "--ckpt_path", str(truncated), "--output_dir", str(work / "e2")],
+                      rf"'{truncated}' is not a complete PyTorch checkpoint .*truncated"),
+        "width": ([*base, "--ckpt_path", str(model), "--feature_size", "16", "--output_dir", str(work / "e3")],
+                  rf"'{model}' holds rat\(feature_size=8, .*does not fit the network asked for \(--feature_size 16\).*pass --feature_size 8"),
+        "network": ([*base, "--ckpt_path", str(model), "--network_name", "redcnn", "--output_dir", str(work / "e4")],
+                    r"holds rat\(.*asked for \(--network_name 'redcnn'\)"),
+    }  # fmt: skip
+    results = run_bundle_commands([c for c, _ in cases.values()], trained["cache"], work / "ckpt_errors")
+    for (name, (_, pattern)), res in zip(cases.items(), results):
+        assert res["returncode"] != 0, name
+        last = [ln for ln in res["output"].splitlines() if ln.strip()][-1]  # the command ends on the reason
+        assert re.search(pattern, last), f"{name}: the last line does not match {pattern!r}:\n{res['output'][-3000:]}"
+        assert re.match(r"^\w+Error: ckpt_path: ", last) and len(last) < 600, last
+        assert len(res["output"].splitlines()) < 120, f"{name}: {len(res['output'].splitlines())} lines"  # no page of PyTorch's
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, work):

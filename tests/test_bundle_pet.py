@@ -52,7 +52,8 @@ def test_evaluation_per_slice_and_per_volume(trained):
     out_dir, work = trained["out_dir"], trained["work"]
     log = run_bundle(
         ["run", "evaluating", "--config_file", "['bundles/pet/train.json','bundles/pet/evaluate.json']",
-         "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8"],
+         "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8",
+         "--baseline_methods", "['gaussian','tv']"],
         work / "cache",
     )  # fmt: skip
     assert "Per-volume (2 volumes, 20 slices)" in log
@@ -72,6 +73,14 @@ def test_evaluation_per_slice_and_per_volume(trained):
     for mine, theirs in (("psnr", "val_psnr"), ("ssim", "val_ssim"), ("input_psnr", "input_psnr"), ("input_ssim", "input_ssim")):
         assert summary["per_slice"][mine]["mean"] == pytest.approx(common[theirs]["mean"], abs=1e-3), mine
     assert summary["per_volume"]["input_psnr"]["mean"] > 25  # DRF 12 input vs full count, data range = activity_scale
+    # the baselines beside the model on the same test slices, tuned on the validation volumes only
+    report = json.loads((ev / "summary.json").read_text())
+    assert [r["metric"] for r in report["comparison"]["PSNR (dB)"]] == ["input_psnr", "gaussian_psnr", "tv_psnr", "val_psnr"]
+    assert report["metrics"]["tv_psnr"]["n"] == 20 and report["best_baseline"]["method"] in ("gaussian", "tv")
+    assert report["baselines"]["shared_with_test"] == [] and "optimistic" not in log
+    assert not any("test_" in Path(f).name for f in report["baselines"]["validation_files"])
+    panels = sorted(p.name for p in (ev / "panels").glob("*.png"))
+    assert len(panels) == 20 and panels[0].endswith("_slice001.png") and (ev / "overview.png").is_file()
 
 
 @pytest.mark.parametrize("axis", [-1, 0])

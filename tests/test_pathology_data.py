@@ -66,6 +66,25 @@ def test_degrade_dictionary():
     torch.testing.assert_close(d["image"], BicubicDegrade()(img))
     with pytest.raises(ValueError, match="output_keys"):
         BicubicDegraded(keys=("a", "b"), output_keys="c")
+    with pytest.raises(ValueError, match="low_res_keys"):
+        BicubicDegraded(keys=("a", "b"), low_res_keys="c")
+
+
+def test_downsample_is_the_low_resolution_image_the_degradation_up_samples():
+    """The LR image super-resolution baselines start from is exactly the degradation's own down-step."""
+    from monai_rat.data.pathology_demo import pathology_load_transforms
+    from monai_rat.transforms import ClassicalRestore
+
+    img = torch.rand(3, 36, 48)
+    deg = BicubicDegrade(4)
+    low = deg.downsample(img)
+    assert low.shape == (3, 9, 12) and low.dtype == img.dtype
+    assert torch.equal(ClassicalRestore("bicubic", 4)(low), deg(img))  # bit for bit
+    d = BicubicDegraded(keys="image", low_res_keys="image_lr")({"image": img})
+    assert torch.equal(d["image_lr"], low) and torch.equal(d["image"], deg(img))
+    u8 = (np.random.default_rng(0).random((3, 16, 16)) * 255).astype(np.uint8)
+    assert deg.downsample(u8).dtype == np.uint8 and deg.downsample(u8).shape == (3, 4, 4)
+    assert type(pathology_load_transforms(4, low_res_key="image_lr")[-1].low_res_keys) is tuple
 
 
 @pytest.mark.parametrize(

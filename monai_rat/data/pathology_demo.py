@@ -399,7 +399,9 @@ def _check_rgb(img):
     return img
 
 
-def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image", "label")) -> list:
+def pathology_load_transforms(
+    factor: int = 4, keys: tuple[str, str] = ("image", "label"), low_res_key: str | None = None
+) -> list:
     """MONAI transforms: read an RGB image, scale to [0, 1], copy to the target key, degrade the input key.
 
     :class:`monai_rat.data.LoadImageCheckedd` (MONAI's ``LoadImaged(image, ensure_channel_first=True)``,
@@ -413,6 +415,8 @@ def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image",
     Args:
         factor: the degradation factor (default 4).
         keys: (input key, target key) (default ("image", "label")).
+        low_res_key: also keep the low-resolution image (the degradation's own down-sampling step) under
+            this key, e.g. ``"image_lr"`` for the evaluation's Lanczos baseline; ``None`` (default): not kept.
 
     Returns:
         the list of transforms.
@@ -434,5 +438,5 @@ def pathology_load_transforms(factor: int = 4, keys: tuple[str, str] = ("image",
         Lambdad(src, _check_rgb),
         ScaleIntensityRanged(src, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=False),
         CopyItemsd(src, names=dst),
-        BicubicDegraded(src, factor=factor),
+        BicubicDegraded(src, factor=factor, low_res_keys=low_res_key),
     ]

@@ -377,7 +377,12 @@ class CheckedCheckpointLoader(CheckpointLoader):
     - ``FileNotFoundError``: no file at ``load_path`` (named, with what to pass instead);
     - ``ValueError``: the file is not a complete PyTorch checkpoint (truncated, empty or another kind
       of file; its size is given), or its tensors do not fit the network (how many, one example with
-      both shapes, and the settings to pass: ``network_name``, ``feature_size``, ``network_kwargs``).
+      both shapes, and the settings to pass: ``network_name``, ``feature_size``, ``network_kwargs``);
+    - ``monai_rat.networks.CheckpointMismatchError`` (a ``ValueError``), before loading: the file records
+      another network (:mod:`monai_rat.networks.record`) than the one the config builds; the record's
+      ``--network_name`` / ``--feature_size`` / ``--network_kwargs`` are given.
+
+    When the engine is already told to stop (an inference that is complete), nothing is loaded.
 
     Args:
         load_path: the checkpoint file.
@@ -402,10 +407,73 @@ class CheckedCheckpointLoader(CheckpointLoader):
             FileNotFoundError: when the file does not exist.
             ValueError: when it is unreadable or does not fit the network.
         """
+        if engine is not None and getattr(engine, "should_terminate", False):
+            return  # the run ends before it starts (e.g. an inference that is already complete)
+        problem = _precheck(self.load_path, self.load_dict)
+        if problem is not None:  # raised here, not from a failed load: no page of PyTorch's lines above it
+            raise problem
         try:
             super().__call__(engine)
         except Exception as e:
             raise _checkpoint_error(self.load_path, self.load_dict, e) from e
+
+
+def _record_of(module: Any) -> dict | None:
+    """The network record of ``module`` or of the network it wraps (``.network``, ``.module``), if any."""
+    for _ in range(8):
+        if module is None:
+            return None
+        record = getattr(module, "network_record", None)
+        if record is not None:
+            return dict(record)
+        module = getattr(module, "network", None) or getattr(module, "module", None)
+    return None
+
+
+def _first_width(state: Mapping[str, Any]) -> int | None:
+    for v in state.values():
+        if hasattr(v, "ndim") and v.ndim == 4:
+            return int(v.shape[0])
+    return None
+
+
+def _precheck(path: Any, load_dict: Mapping[str, Any]) -> Exception | None:
+    """The error for a readable checkpoint that does not fit, found before loading it (``None`` when it fits).
+
+    A ``CheckpointMismatchError`` when the file records another network than the one it is loaded into;
+    else :func:`_checkpoint_error`'s ``ValueError`` when its tensors do not fit. Missing and unreadable
+    files are left to the load (and :func:`_checkpoint_error`).
+    """
+    from monai_rat.networks.record import CheckpointMismatchError, _plain, describe_record, read_network_record
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - reported by the load itself
+        return None
+    if not isinstance(checkpoint, Mapping):
+        return None
+    k = next(iter(load_dict))
+    if len(load_dict) == 1 and k not in checkpoint:
+        checkpoint = {k: checkpoint}
+    fields = ("name", "feature_size", "network_kwargs", "in_channels", "out_channels")
+    flags = {"name": "--network_name", "feature_size": "--feature_size", "network_kwargs": "--network_kwargs"}
+    for name, obj in load_dict.items():
+        if not isinstance(obj, torch.nn.Module) or not isinstance(checkpoint.get(name), Mapping):
+            continue
+        saved, mine = read_network_record(checkpoint[name]), _record_of(obj)
+        if saved and mine and any(_plain(saved.get(f)) != _plain(mine.get(f)) for f in fields):
+            fix = " ".join(f"{flags[f]} {saved.get(f)!r}" for f in flags if _plain(saved.get(f)) != _plain(mine.get(f)))
+            return CheckpointMismatchError(
+                f"ckpt_path: {path!r} holds {describe_record(saved)} and does not fit the network the config builds, "
+                f"{describe_record(mine)}: " + (f"pass {fix}" if fix else "it is for images of other channels")
+                + ", or another --ckpt_path."
+            )
+        if checkpoint_fit_problems(checkpoint[name], obj):
+            return _checkpoint_error(path, load_dict, RuntimeError("the checkpoint does not fit the network"))
+    return None
 
 
 def _checkpoint_error(path: Any, load_dict: Mapping[str, Any], err: BaseException) -> Exception:
@@ -435,8 +503,16 @@ def _checkpoint_error(path: Any, load_dict: Mapping[str, Any], err: BaseExceptio
             if isinstance(obj, torch.nn.Module) and isinstance(checkpoint.get(name), Mapping):
                 why = checkpoint_fit_problems(checkpoint[name], obj)
                 if why:
+                    from monai_rat.networks.record import read_network_record
+
+                    width = _first_width(checkpoint[name])
+                    unrecorded = "" if read_network_record(checkpoint[name]) else (
+                        " It records no network (saved by older code)"
+                        + (f"; its first convolution has {width} output channels (--feature_size {width}?)" if width else "")
+                        + "."
+                    )
                     return ValueError(
-                        f"ckpt_path: {path!r} does not fit the network ({type(obj).__name__}): {why}. It was saved from "
-                        f"a network built with other settings: {hint}."
+                        f"ckpt_path: {path!r} does not fit the network ({type(obj).__name__}): {why}.{unrecorded} It was "
+                        f"saved from a network built with other settings: {hint}."
                     )
     return RuntimeError(f"ckpt_path: cannot load {path!r} ({type(err).__name__}: {_first_line(err)}).")

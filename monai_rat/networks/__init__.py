@@ -15,6 +15,13 @@ from monai_rat.networks.edsr import EDSR
 from monai_rat.networks.factory import RESTORATION_NETWORKS, restoration_network
 from monai_rat.networks.nafnet import NAFNet
 from monai_rat.networks.redcnn import REDCNN
+from monai_rat.networks.record import (
+    NETWORK_RECORD_KEY,
+    CheckpointMismatchError,
+    describe_record,
+    network_from_checkpoint,
+    read_network_record,
+)
 from monai_rat.networks.srcnn import SRCNN
 from monai_rat.networks.wrappers import BareStateDictWrapper, ImageOnly
 
@@ -28,6 +35,11 @@ __all__ += [
     "BareStateDictWrapper",
     "RESTORATION_NETWORKS",
     "restoration_network",
+    "NETWORK_RECORD_KEY",
+    "CheckpointMismatchError",
+    "describe_record",
+    "network_from_checkpoint",
+    "read_network_record",
 ]
 
 

@@ -9,10 +9,12 @@ from typing import Any
 
 from torch import nn
 
+from monai_rat import __version__
 from monai_rat.networks.edsr import EDSR
 from monai_rat.networks.nafnet import NAFNet
 from monai_rat.networks.rat import RAT
 from monai_rat.networks.rdst import RDST
+from monai_rat.networks.record import attach_network_record
 from monai_rat.networks.redcnn import REDCNN
 from monai_rat.networks.srcnn import SRCNN
 from monai_rat.networks.wrappers import ImageOnly
@@ -72,6 +74,11 @@ def restoration_network(
     ``rdst``      :class:`RDST`, 8 RDSTBs, ``upscale=1``                ``feature_size`` (60)   4,200,721
     ============  ====================================================  ======================  =================
 
+    The returned module carries a record of these arguments (name, width, ``network_kwargs``, channels,
+    the monai-rat version) in every ``state_dict()`` it gives (:mod:`monai_rat.networks.record`), so a
+    ``model.pt`` says which network it belongs to and ``inference.json`` rebuilds it without
+    ``--network_name`` / ``--feature_size``.
+
     All but RAT ignore ``regions``: they are wrapped in :class:`~monai_rat.networks.ImageOnly`, whose
     state dict is the bare network's (no prefix). A checkpoint therefore belongs to one network and one
     set of sizes: a ``redcnn`` ``model.pt`` loads only into ``restoration_network("redcnn", ...)`` with
@@ -129,4 +136,15 @@ def restoration_network(
             f"{cls.__name__} ({key!r}) does not take {', '.join(map(repr, unknown))}; its arguments: {', '.join(accepted)}."
         )
     network = cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
-    return network if key == "rat" else ImageOnly(network)
+    network = network if key == "rat" else ImageOnly(network)
+    width = args.get(width_arg, inspect.signature(cls).parameters[width_arg].default)
+    record = {
+        "name": key,
+        "spatial_dims": int(spatial_dims),
+        "in_channels": int(in_channels),
+        "out_channels": int(out_channels),
+        "feature_size": None if width is inspect.Parameter.empty else width,
+        "network_kwargs": {k: v for k, v in extra.items() if k not in ("feature_size", width_arg)},
+        "monai_rat_version": __version__,
+    }
+    return attach_network_record(network, record)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from monai_rat.networks.blocks.padding import plain_tensor
+from monai_rat.networks.record import NETWORK_RECORD_KEY
 
 __all__ = ["BareStateDictWrapper", "ImageOnly"]
 
@@ -21,7 +22,10 @@ def _strip_child_prefix(module: nn.Module, state_dict: Any, prefix: str, local_m
         state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
     metadata = getattr(state_dict, "_metadata", None)  # per-module versions, keyed by module path
     if metadata is not None:
-        metadata.pop(inner[:-1], None)  # the network's root entry would collide with the wrapper's own
+        child = metadata.pop(inner[:-1], None)  # the network's root entry would collide with the wrapper's own
+        record = child.get(NETWORK_RECORD_KEY) if isinstance(child, dict) else None
+        if record is not None and isinstance(local_metadata, dict):  # the network's record moves up to the wrapper
+            local_metadata.setdefault(NETWORK_RECORD_KEY, record)
         for key in [k for k in metadata if k.startswith(inner)]:
             metadata[prefix + key[len(inner) :]] = metadata.pop(key)
 

@@ -260,8 +260,9 @@ class RATBundle:
             f"e.g. `python -m monai.bundle run training --config_file {train}` from the repository root "
             f"(see {rel}/docs/README.md), "
             f"then copy the best weights there: `cp {rel}/runs/<run>/models/model.pt {self.ckpt_path}`; or start the "
-            f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a demo checkpoint also needs "
-            f"`--conf {self.name}.feature_size 16`). The server keeps running; the regions_{self.name} task works "
+            f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a checkpoint saved by monai-rat records its "
+            f"network; an older one also needs its settings, e.g. `--conf {self.name}.feature_size 16`). The server keeps "
+            f"running; the regions_{self.name} task works "
             "without a checkpoint."
         )
 
@@ -290,15 +291,25 @@ class RATBundle:
             raise CheckpointError(f"Model {self.name!r}: cannot read checkpoint {self.ckpt_path}: {e}") from e
         if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
             state = state["model"]
-        net = self.build_network()
+        try:
+            net = self.build_network()
+        except Exception as e:  # noqa: BLE001 - a checkpoint that records another network than the overrides ask for
+            from monai_rat.networks.record import CheckpointMismatchError
+
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, CheckpointMismatchError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise CheckpointError(f"Model {self.name!r}: {cause} (server overrides are --conf {self.name}.<id> VALUE).") from e
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(
                 f"Model {self.name!r}: checkpoint {self.ckpt_path} does not fit the network in {self.config_file} "
-                f"(overrides {self.overrides or 'none'}): {str(e).splitlines()[0]} ... A demo checkpoint needs "
-                f"--conf {self.name}.feature_size 16; the paper's model is feature_size 64. A checkpoint belongs to one "
-                f"network: a learned baseline's needs its name, e.g. --conf {self.name}.network_name redcnn."
+                f"(overrides {self.overrides or 'none'}): {str(e).splitlines()[0]} ... It records no network (saved by "
+                f"older code): give the settings it was trained with, e.g. --conf {self.name}.feature_size 16 (the demo's; the "
+                f"paper's model is feature_size 64) or, for a learned baseline, --conf {self.name}.network_name redcnn."
             ) from e
         return net.to(device).eval()
 
