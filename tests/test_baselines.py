@@ -448,9 +448,16 @@ def test_bare_config_network_switch_ids():
         for cfg in ("train.json", "inference.json"):
             parser = ConfigParser()
             parser.read_config(str(ROOT / "bundles" / bundle / "configs" / cfg))
-            expected = ("rat", {}) if cfg == "train.json" else (None, None)  # inference: read from the checkpoint
-            assert (parser.get("network_name"), parser.get("network_kwargs")) == expected, (bundle, cfg)
-        train = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+            if cfg == "inference.json":  # read from the checkpoint
+                assert (parser.get("network_name"), parser.get("network_kwargs")) == (None, None), bundle
+                continue
+            assert parser.get("network_name") == "rat", bundle
+            train = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+            for schedule in ("paper", "demo"):  # a schedule may size each network (the CT demo's smaller RAT)
+                parser["schedule_name"] = schedule
+                expected = train["schedules"][schedule].get("network_kwargs", {}).get("rat", {})
+                assert parser.get_parsed_content("network_kwargs", lazy=False) == expected, (bundle, schedule)
+        assert train["schedules"]["paper"].get("network_kwargs", {}) == {}  # the paper's RAT
         assert train["schedules"]["paper"]["feature_size"] is None  # each network's paper width
     ct_net = json.loads((ROOT / "bundles" / "ct" / "configs" / "inference.json").read_text())["network_def"]["network"]
     assert ct_net["_target_"] == "monai_rat.networks.network_from_checkpoint" and "%" not in json.dumps(ct_net)

@@ -24,6 +24,10 @@ import torch
 from bundle_helpers import ROOT, TINY_CT as TINY, bundle_env, run_bundle
 
 
+#: the demo schedule the tiny runs train with (its learning rate, validation interval and RAT size)
+DEMO = json.loads((ROOT / "bundles" / "ct" / "train.json").read_text())["schedules"]["demo"]
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -62,12 +66,13 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert [h["iteration"] for h in history] == [2, 4]
     # cosine annealing per iteration, down to the floor at the last iteration
     assert history[-1]["lr"] == pytest.approx(1e-6)
-    assert history[0]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 2 / 4)) / 2)
+    lr = DEMO["learning_rate"]
+    assert history[0]["lr"] == pytest.approx(1e-6 + (lr - 1e-6) * (1 + np.cos(np.pi * 2 / 4)) / 2)
     assert list((out_dir / "logs").glob("events.out.tfevents.*")), "no TensorBoard event file"
-    # the best checkpoint is a plain RAT state dict (what inference.json and MONAI Label load)
+    # the best checkpoint is a plain state dict of the demo's RAT (what inference.json and MONAI Label load)
     from monai_rat.networks import RAT
 
-    net = RAT(feature_size=8)
+    net = RAT(feature_size=8, **DEMO["network_kwargs"]["rat"])
     net.load_state_dict(torch.load(out_dir / "models" / "model.pt", weights_only=True))
     state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
     assert set(state) == {"network", "optimizer", "lr_scheduler", "best_saver", "trainer"}
@@ -147,7 +152,8 @@ def test_resume_continues_from_last_checkpoint(trained, work):
     history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
     assert [h["iteration"] for h in history] == [2, 4, 6, 8]
     # iteration 6 of the new 8-iteration cosine, not a restart of the old one
-    assert history[2]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 6 / 8)) / 2, rel=1e-4)
+    lr = DEMO["learning_rate"]
+    assert history[2]["lr"] == pytest.approx(1e-6 + (lr - 1e-6) * (1 + np.cos(np.pi * 6 / 8)) / 2, rel=1e-4)
 
 
 def _demo_split(trained, split: str) -> set[str]:
@@ -318,7 +324,8 @@ def test_inference_checkpoint_errors_are_one_line(trained, work):
 
 def test_verify_net_in_out_and_torchscript_export(trained, work):
     common = ["--meta_file", "bundles/ct/configs/metadata.json", "--config_file", "bundles/ct/configs/inference.json",
-              "--feature_size", "8", "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+              "--feature_size", "8", "--region_cache_dir", str(trained["regions"]),
+              "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt")]  # fmt: skip (the network its record names)
     log = run_bundle(["verify_net_in_out", "network_def", *common], trained["cache"])
     assert "data shape of network is verified with no error" in log
     ts_path = work / "export" / "model.ts"
@@ -331,7 +338,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, work):
     )  # fmt: skip
     from monai_rat.networks import RAT
 
-    net = RAT(feature_size=8).eval()
+    net = RAT(feature_size=8, **DEMO["network_kwargs"]["rat"]).eval()
     net.load_state_dict(torch.load(trained["out_dir"] / "models" / "model.pt", weights_only=True))
     ts = torch.jit.load(str(ts_path))
     x = torch.rand(1, 1, 48, 64)  # another size (a multiple of 16) and a region map unlike the trace's
@@ -413,5 +420,5 @@ def test_bad_dataset_dir_and_iteration_count_fail_with_their_reason(work):
     cmd[-2:] = ["--num_iterations", "250"]
     proc = subprocess.run(cmd, cwd=ROOT, env=bundle_env(work / "cache"), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "num_iterations (250) must be a multiple of val_interval (60)" in proc.stderr + proc.stdout
+    assert f"num_iterations (250) must be a multiple of val_interval ({DEMO['val_interval']})" in proc.stderr + proc.stdout
     assert not (work / "bad" / "models" / "last.pt").exists()

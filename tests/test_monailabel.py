@@ -41,12 +41,13 @@ REGION_WINDOW = (-160.0, 240.0)
 AFFINE = np.array([[0.7, 0.05, 0.0, -120.0], [0.0, -0.7, 0.0, 85.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
 
 
-def tiny_rat() -> RAT:
-    """The network the bundle's network_def builds with the TINY overrides."""
+def tiny_rat(ckpt_path: Path) -> RAT:
+    """The network the bundle's network_def builds for ``ckpt_path`` (its record) with the TINY overrides."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / "ct" / "configs" / "inference.json"))
+    parser["ckpt_path"] = str(ckpt_path)
     for key, value in TINY.items():
         parser[key] = value
     net = parser.get_parsed_content("network_def#network")
@@ -67,7 +68,7 @@ def train_tiny(work: Path, dest: Path) -> RAT:
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "train" / "models" / "model.pt", dest)
-    model = tiny_rat()
+    model = tiny_rat(dest)
     model.load_state_dict(torch.load(dest, map_location="cpu", weights_only=True))
     return model.eval()
 
