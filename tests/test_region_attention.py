@@ -7,15 +7,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from monai_rat.networks.blocks import RegionAttention, RegionPlan
 
 
-def _pair(channels=32, heads=4):
-    fast = RegionAttention(channels, heads, implementation="fast").double()
+def _pair(channels=32, heads=4, impl="fast", pad_budget=None):
+    fast = RegionAttention(channels, heads, implementation=impl).double()
+    fast.pad_budget = pad_budget
     ref = RegionAttention(channels, heads, implementation="reference").double()
     ref.load_state_dict(fast.state_dict())
     return fast, ref
 
 
-def _check_same(labels, channels=32, heads=4, tol=1e-4):
-    fast, ref = _pair(channels, heads)
+def _check_same(labels, channels=32, heads=4, tol=1e-4, impl="fast", pad_budget=None):
+    fast, ref = _pair(channels, heads, impl, pad_budget)
     b, h, w = labels.shape
     x = torch.randn(b, channels, h, w, dtype=torch.float64) * 2
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -31,7 +32,12 @@ def _check_same(labels, channels=32, heads=4, tol=1e-4):
     return yf
 
 
-def test_fast_equals_reference_batch_with_different_region_counts():
+@pytest.mark.parametrize(
+    "impl, pad_budget",
+    [("fast", None), ("regions", -1), ("regions", 10**6), ("masked", None)],
+    ids=["fast", "one-call-per-region", "all-regions-padded-into-one-call", "masked"],
+)
+def test_every_implementation_equals_reference_batch_with_different_region_counts(impl, pad_budget):
     labels = torch.stack(
         [
             torch.randint(0, 3, (8, 8)),  # 3 regions
@@ -39,7 +45,20 @@ def test_fast_equals_reference_batch_with_different_region_counts():
             torch.arange(64).reshape(8, 8) // 16,  # 4 horizontal bands
         ]
     )
-    _check_same(labels)
+    _check_same(labels, impl=impl, pad_budget=pad_budget)
+
+
+def test_padded_calls_group_regions_of_similar_size():
+    """Small regions share padded calls; a region much larger than the rest keeps a call of its own."""
+    labels = torch.zeros(1, 256, dtype=torch.long)  # one region of 256 - 30 = 226 tokens ...
+    labels[0, :30] = torch.arange(30) // 3 + 1  # ... and ten regions of 3 tokens
+    labels = labels.reshape(1, 16, 16)
+    plan = RegionPlan.from_labels(labels)
+    calls = plan.batches(1024).shapes
+    assert calls == [(1, 226), (10, 3)]
+    assert plan.batches(0).shapes == [(1, 226), (10, 3)]  # equal sizes share a call without padding
+    assert plan.batches(-1).shapes == [(1, 226)] + [(1, 3)] * 10  # negative: one call per region
+    _check_same(labels, pad_budget=1024)
 
 
 def test_fast_equals_reference_float32_tolerance():

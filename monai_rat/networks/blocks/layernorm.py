@@ -27,6 +27,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` (B, C, H, W) over C; returns (B, C, H, W)."""
         # One fused kernel over the channel axis of a channels-last view: 5-8x faster on CPU than the
         # mean / var / scale written out in NCHW, and the same numbers to fp32 round-off.
-        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return self.forward_tokens(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on token-major features ``(..., C)`` (channels last)."""
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
