@@ -143,3 +143,27 @@ def test_unknown_implementation_is_rejected():
         RegionAttention(8, 1, implementation="sparse")
     with pytest.raises(ValueError, match="multiple of num_heads"):
         RegionAttention(10, 4)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_region_plan_per_forward_shared_by_all_layers():
+    """The data-dependent part (sort by region, region starts copied to the host) runs once per forward."""
+    from monai_rat.networks import RAT
+
+    model = RAT(feature_size=8, num_groups=2, layers_per_group=2).eval()  # 4 R-MSA layers
+    x, regions = torch.rand(2, 1, 32, 32), torch.randint(0, 5, (2, 1, 32, 32))
+    with torch.no_grad(), _CountOps() as probe:
+        model(x, regions)
+    assert probe.counts.get("sort") == 1, probe.counts.get("sort")
+    assert probe.counts.get("nonzero") == 1, probe.counts.get("nonzero")  # on the host copy of the region starts
+    assert "_unique2" not in probe.counts and "unique_dim" not in probe.counts  # no torch.unique on the way

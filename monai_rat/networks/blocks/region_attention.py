@@ -116,7 +116,7 @@ class RegionPlan:
             order = (idx + torch.arange(b, device=idx.device).unsqueeze(1) * n).reshape(-1)
             starts = torch.ones_like(sorted_labels, dtype=torch.bool)
             starts[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
-            first = starts.reshape(-1).nonzero().squeeze(1).cpu()  # the one host synchronisation
+            first = starts.reshape(-1).cpu().nonzero().squeeze(1)  # the forward's one device-to-host copy
             sizes = torch.diff(first, append=torch.tensor([b * n])).tolist()
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel(), device=order.device)
@@ -153,21 +153,28 @@ class _RegionBatches:
                 calls[-1][0].append(i)
             else:
                 calls.append(([i], sizes[i]))
+        # On the host: each padded position's place in the region-sorted order, -1 for padding.
         size_t = torch.tensor(sizes)
         start_t = torch.cumsum(size_t, 0) - size_t
-        positions, valids, shapes, masks = [], [], [], []
+        positions, shapes, padded = [], [], []
         for ids, p in calls:
             r = torch.tensor(ids)
-            valid = torch.arange(p) < size_t[r].unsqueeze(1)  # (regions, P)
-            positions.append(torch.where(valid, start_t[r].unsqueeze(1) + torch.arange(p), 0).reshape(-1))
-            valids.append(valid.reshape(-1))
+            ar = torch.arange(p)
+            positions.append(torch.where(ar < size_t[r].unsqueeze(1), start_t[r].unsqueeze(1) + ar, -1).reshape(-1))
             shapes.append((len(ids), p))
-            masks.append(None if bool(valid.all()) else valid[:, None, None, :].to(order.device))
-        position, valid = torch.cat(positions).to(order.device), torch.cat(valids).to(order.device)
-        tokens = order[position]  # sorted position -> token
-        rows = torch.empty_like(order).scatter_(
-            0, tokens[valid], torch.arange(position.numel(), device=order.device)[valid]
-        )
+            padded.append(bool((size_t[r] < p).any()))
+        position = torch.cat(positions).to(order.device)  # one host-to-device copy
+        valid = position >= 0
+        tokens = order[position.clamp(min=0)]  # padded position -> token (pads: the first region's token)
+        # token -> its padded position; pads write into one extra slot, which is dropped (no boolean
+        # indexing: on a GPU that would be another host synchronisation)
+        slot = torch.where(valid, tokens, order.numel())
+        rows = torch.empty(order.numel() + 1, dtype=order.dtype, device=order.device)
+        rows = rows.scatter_(0, slot, torch.arange(position.numel(), device=order.device))[:-1]
+        masks, offset = [], 0
+        for (m, p), pad in zip(shapes, padded):
+            masks.append(valid[offset : offset + m * p].view(m, 1, 1, p) if pad else None)
+            offset += m * p
         return cls(tokens, rows, shapes, masks)
 
 
@@ -265,6 +272,9 @@ class RegionAttention(nn.Module):
         attn = (q @ k.transpose(-2, -1)) * self.scale + mask.unsqueeze(1)
         return (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, heads * d)
 
+    # Data-dependent sizes: under torch.compile this runs eagerly between compiled graphs (one graph
+    # break before and after), so a new region map never triggers a recompile.
+    @torch.compiler.disable
     def _regions(self, qkv: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
         b, n, _, heads, d = qkv.shape
         batches = plan.batches(self.pad_budget if self.pad_budget is not None else PAD_BUDGET)
