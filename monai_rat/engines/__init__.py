@@ -6,7 +6,7 @@ from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inf
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import select_schedule, validation_rounds
+from monai_rat.engines.schedule import default_amp_dtype, select_schedule, validation_rounds
 
 __all__ = [
     "ApplyToKindsd",
@@ -17,6 +17,7 @@ __all__ = [
     "RegionLossAdapter",
     "RegionMapNetwork",
     "atomic_torch_save",
+    "default_amp_dtype",
     "file_kind",
     "inference_datalist",
     "select_schedule",
