@@ -66,6 +66,7 @@ def import_package(root: Path):
         importlib.import_module("monai_rat.networks")
         importlib.import_module("monai_rat.losses")
         modules = {k: v for k, v in sys.modules.items() if k == "monai_rat" or k.startswith("monai_rat.")}
+        assert Path(pkg.__file__).resolve().is_relative_to(root), f"imported {pkg.__file__}, not the copy in {root}"
     finally:
         sys.path.remove(str(root))
         for k in [k for k in sys.modules if k == "monai_rat" or k.startswith("monai_rat.")]:
