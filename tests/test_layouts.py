@@ -86,7 +86,7 @@ def _ddp_worker(rank: int, port: int, queue) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             net(x, r).square().mean().backward()
-        grads = torch.cat([p.grad.flatten() for p in net.module.parameters()])
+        grads = torch.cat([p.grad.flatten() for p in net.module.parameters()]).numpy()  # by value: the worker exits first
         queue.put((rank, [str(w.message)[:200] for w in caught], grads))
     finally:
         torch.distributed.destroy_process_group()
@@ -106,4 +106,4 @@ def test_two_process_ddp_step_on_cpu_has_no_grad_stride_warning():
         p.join(timeout=60)
     for rank, messages, _ in results:
         assert not [m for m in messages if re.search("stride", m, re.I)], (rank, messages)
-    torch.testing.assert_close(results[0][2], results[1][2])  # all-reduced: both ranks hold the same gradients
+    torch.testing.assert_close(torch.from_numpy(results[0][2]), torch.from_numpy(results[1][2]))  # all-reduced: both ranks hold the same gradients
