@@ -14,7 +14,8 @@ exit status 1; missed speed targets are listed too, without failing):
    flash, memory-efficient, cuDNN or math), in float32 and under autocast.
 3. **rmsa_vs_global**: one R-MSA layer's attention on the superpixel map of 4 x 256^2 images against
    one global SDPA call over the same number of query-key pairs (target: at most 2x), forward and
-   forward + backward.
+   forward + backward; and the layer's time for several padding budgets (how many extra query-key
+   pairs a region may be padded by to share a call; ``PAD_BUDGET`` was chosen on a CPU).
 4. **train**: 50 training steps (Adam) at 4 x 256^2: RAT with a superpixel map, RAT with one region,
    MONAI's Restormer (the paper's configuration); median step time, images per second, peak memory
    (target: RAT's throughput at least Restormer's).
@@ -231,8 +232,17 @@ def rmsa_vs_global(device, cfg) -> dict:
         F.scaled_dot_product_attention(q, k, v).sum().backward()
 
     reps = cfg["repeats"]
-    out = {"regions": len(plan.sizes), "calls": len(plan.batches(mod.pad_budget or 1024).shapes), "pairs": pairs,
+    from monai_rat.networks.blocks.region_attention import PAD_BUDGET
+
+    out = {"regions": len(plan.sizes), "calls": len(plan.batches(PAD_BUDGET).shapes), "pairs": pairs,
            "global_tokens": side, "plan_included": True}
+    # how the padding budget trades calls for padded pairs here (PAD_BUDGET was measured on a CPU only)
+    budgets = {}
+    for budget in (-1, PAD_BUDGET, 16 * PAD_BUDGET, 256 * PAD_BUDGET):
+        mod.pad_budget = budget
+        budgets[str(budget)] = {"calls": len(plan.batches(budget).shapes), "forward+backward_ms": timed(rmsa_train, device, reps) * 1e3}
+    mod.pad_budget = None
+    out["pad_budget"] = budgets
     for name, (a, g) in {"forward": (rmsa_fwd, glob_fwd), "forward+backward": (rmsa_train, glob_train)}.items():
         ta, tg = timed(a, device, reps), timed(g, device, reps)
         out[name] = {"rmsa_ms": ta * 1e3, "global_ms": tg * 1e3, "ratio": ta / tg, "target": 2.0, "target_met": ta / tg <= 2.0}
