@@ -5,7 +5,10 @@ when both versions run in the same process, one step of each in turn, over sever
 (the median is reported). This script imports ``monai_rat`` twice: from ``--baseline`` (a checkout
 of an older commit, e.g. made with ``git worktree add /tmp/rat-base <commit>``) and from this
 checkout, builds the same network in both with the same weights, checks that outputs and gradients
-agree, then times training steps (forward + focal region loss + backward) alternately.
+agree, then times training steps (forward + focal region loss + backward) alternately. It reports
+wall time and the process's CPU time (``time.process_time``): with one thread on a machine whose
+cores other jobs share, CPU time leaves out the time the process waited for a core, and its ratio
+is the steadier of the two.
 
     git worktree add /tmp/rat-base main
     python benchmarks/bench_train_step.py --baseline /tmp/rat-base --threads 1
@@ -170,22 +173,28 @@ def main() -> None:
             diff = float((y0 - y1).abs().max())
             grad_diff = max(float((g0[k] - g1[k]).abs().max() / g0[k].abs().max().clamp_min(1e-12)) for k in g0)
         times = {tag: [] for tag in steps}
+        cpu = {tag: [] for tag in steps}
         for _ in range(args.repeats):
             for tag, step in steps.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 times[tag].append(time.perf_counter() - t0)
+                cpu[tag].append(time.process_time() - c0)
         med = {tag: statistics.median(v) for tag, v in times.items()}
+        med_cpu = {tag: statistics.median(v) for tag, v in cpu.items()}
         res = {"case": name, "feature_size": fs, "batch": batch, "size": size, "latent_regions_per_image": latent,
-               "median_s": med, "times_s": times, "max_output_diff": diff, "max_rel_grad_diff": grad_diff}
+               "median_s": med, "median_cpu_s": med_cpu, "times_s": times, "cpu_times_s": cpu,
+               "max_output_diff": diff, "max_rel_grad_diff": grad_diff}
         if "baseline" in med:
             res["speedup"] = med["baseline"] / med["current"]
+            res["speedup_cpu"] = med_cpu["baseline"] / med_cpu["current"]
         results.append(res)
         line = f"{name}: fs {fs}, {batch} x {size}^2, regions/image {latent}: " + ", ".join(
-            f"{tag} {t * 1e3:.0f} ms" for tag, t in med.items()
+            f"{tag} {t * 1e3:.0f} ms wall / {med_cpu[tag] * 1e3:.0f} ms CPU" for tag, t in med.items()
         )
         if "speedup" in res:
-            line += f", speed-up {res['speedup']:.2f}x, max |dy| {diff:.2e}, max rel |dgrad| {grad_diff:.2e}"
+            line += (f", speed-up {res['speedup']:.2f}x wall, {res['speedup_cpu']:.2f}x CPU time, "
+                     f"max |dy| {diff:.2e}, max rel |dgrad| {grad_diff:.2e}")
         print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
