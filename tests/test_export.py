@@ -97,6 +97,17 @@ def test_torchscript_trace_is_exact_on_unseen_maps_and_other_sizes(small):
         assert max(diffs.values()) <= TOL, (shape, diffs)
 
 
+def test_torchscript_trace_saves_and_loads_with_gradients_enabled(small, tmp_path):
+    """Traced outside ``torch.no_grad`` (as a user may): the saved file loads and gives the same outputs."""
+    net, wrapper, example = small
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    torch.jit.save(traced, str(tmp_path / "m.ts"))
+    diffs = _worst(torch.jit.load(str(tmp_path / "m.ts")), net, torch.rand(1, 1, 32, 32))
+    assert max(diffs.values()) <= TOL, diffs
+
+
 def test_torchscript_trace_fails_loudly_on_sizes_it_cannot_handle(small):
     """H, W not a multiple of 16: the eager network pads, the trace has no padding; it must raise, not guess."""
     _, wrapper, example = small

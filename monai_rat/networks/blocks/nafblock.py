@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_rat.networks.blocks.layernorm import LayerNorm2d
+from monai_rat.networks.blocks.region_attention import is_exporting
 
 __all__ = ["SimpleGate", "NAFBlock"]
 
@@ -98,4 +99,7 @@ class _StandardGrad(torch.autograd.Function):
 
 
 def _standard_grad(weight: torch.Tensor) -> torch.Tensor:
-    return _StandardGrad.apply(weight) if torch.is_grad_enabled() and weight.requires_grad else weight
+    # not while traced or exported: a TorchScript trace cannot save a Python autograd function
+    if torch.is_grad_enabled() and weight.requires_grad and not is_exporting():
+        return _StandardGrad.apply(weight)
+    return weight
