@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_rat.networks.blocks.layernorm import LayerNorm2d
+from monai_rat.networks.blocks.layernorm import LayerNorm2d, contiguous_grad
 from monai_rat.networks.blocks.region_attention import RegionAttention, RegionPlan
 from monai_rat.networks.blocks.window_attention import WindowAttention
 
@@ -90,7 +90,8 @@ class RATLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, plan: RegionPlan | None = None) -> torch.Tensor:
         """One RAT layer on ``x`` (B, C, h, w); returns (B, C, h, w), contiguous."""
-        return self.forward_tokens(x.permute(0, 2, 3, 1).contiguous(), plan).permute(0, 3, 1, 2).contiguous()
+        out = self.forward_tokens(x.permute(0, 2, 3, 1).contiguous(), plan)
+        return contiguous_grad(out).permute(0, 3, 1, 2).contiguous()
 
     def forward_tokens(self, x: torch.Tensor, plan: RegionPlan | None = None) -> torch.Tensor:
         """:meth:`forward` on token-major features ``(B, h, w, C)`` (contiguous); returns ``(B, h, w, C)``.
@@ -131,4 +132,4 @@ class RATGroup(nn.Module):
             y = layer.forward_tokens(y, plan)
         # back to standard NCHW strides before the convolution (its weight gradient then has the
         # parameter's strides: no DDP grad-stride warning)
-        return self.conv(y.permute(0, 3, 1, 2).contiguous()) + x
+        return self.conv(contiguous_grad(y).permute(0, 3, 1, 2).contiguous()) + x
