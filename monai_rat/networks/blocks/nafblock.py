@@ -55,9 +55,9 @@ class NAFBlock(nn.Module):
         Computed token-major: the input is copied once to channels-last order, each 1x1 convolution
         is a matrix product over it, each norm a ``layer_norm`` over its last axis, the depthwise 3x3
         convolution runs on the channels-last tensor directly, and the result is copied back once.
-        On a CPU this is about 1.3-2x faster than the NCHW form (no slow 1x1-convolution kernel, no
-        layout conversions or mixed-layout additions inside); the numbers are the same to fp32
-        round-off. The output's standard strides keep every convolution after the block, and so
+        On a CPU this is faster than the NCHW form (no slow 1x1-convolution kernel, no layout
+        conversions or mixed-layout additions inside; docs/performance.md, run C); the numbers are
+        the same to fp32 round-off. The output's standard strides keep every convolution after the block, and so
         every weight gradient, in the parameters' own layout (DDP reports mismatches).
         """
         c = inp.shape[1]
