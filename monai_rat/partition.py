@@ -3,7 +3,11 @@
 Walks a folder of images (NIfTI, PNG, JPEG, TIFF, DICOM, MetaImage, NRRD; read with MONAI ``LoadImage``)
 or the images of a MONAI datalist JSON, makes each image's region map with
 :class:`monai_rat.transforms.RegionPartition` (SAM with ``--checkpoint``, superpixels otherwise),
-stores it in the on-disk cache and writes it as ``<output>/<relative path>_regions.nii.gz``.
+stores it in the on-disk cache and writes it in the input's format and orientation:
+``<output>/<relative path>_regions.png`` for a picture (PNG, JPEG, TIFF, BMP: a label image with the
+picture's rows and columns, 8-bit when the labels fit, else 16-bit) and
+``<output>/<relative path>_regions.nii.gz`` for anything else (NIfTI with the input's affine: the file's
+own affine for NIfTI, the affine MONAI's reader gives for DICOM, slice position included).
 A second run finds every map in the cache (resume). Under ``torchrun`` each rank takes
 ``items[RANK::WORLD_SIZE]``. Prints a summary with per-image times and writes it as JSON.
 """
@@ -23,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["main", "find_images", "read_datalist", "output_path", "IMAGE_SUFFIXES"]
+__all__ = ["main", "find_images", "read_datalist", "output_path", "IMAGE_SUFFIXES", "PICTURE_SUFFIXES"]
 
 logger = logging.getLogger("monai_rat.partition")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".ima", ".mha", ".mhd", ".nrrd")
+#: 2D pictures: their region maps are written as PNG label images in the picture's own orientation
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def _suffix(path: Path) -> str | None:
@@ -102,41 +108,84 @@ def read_datalist(path: str | os.PathLike, data_list_key: str = "training", imag
     return items
 
 
-def output_path(output_dir: str | os.PathLike, name: str) -> Path:
+def output_path(output_dir: str | os.PathLike, name: str, input_path: str | os.PathLike | None = None) -> Path:
     """Where the region map of the image called ``name`` is written.
 
     Args:
         output_dir: the output folder.
         name: relative image name without suffix (from :func:`find_images` / :func:`read_datalist`).
+        input_path: the image file; a picture (:data:`PICTURE_SUFFIXES`) gets a PNG map.
 
     Returns:
-        ``<output_dir>/<name>_regions.nii.gz``.
+        ``<output_dir>/<name>_regions.png`` for a picture, else ``<output_dir>/<name>_regions.nii.gz``.
 
     Raises:
         nothing: the path is only computed, not checked.
     """
-    return Path(output_dir) / f"{name}_regions.nii.gz"
+    picture = input_path is not None and _suffix(Path(input_path)) in PICTURE_SUFFIXES
+    return Path(output_dir) / f"{name}_regions{'.png' if picture else '.nii.gz'}"
 
 
-def _write_nifti(regions: Any, path: Path) -> None:
-    """Write a (1, ...) int32 map as NIfTI with the image's affine (MONAI's RAS affine), atomically."""
+def _write_map(regions: Any, source: str, path: Path) -> None:
+    """Write a (1, ...) map of the image ``source`` to ``path`` (PNG or NIfTI, by its suffix), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        if path.name.endswith(".png"):
+            _save_png(regions, source, tmp)
+        else:
+            _save_nifti(regions, source, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_png(regions: Any, source: str, path: Path) -> None:
+    """A picture's map as a PNG label image with the picture's rows and columns (8-bit, or 16-bit for > 255 labels).
+
+    MONAI's picture readers (PIL, ITK) give ``(1, width, height)``; the map is turned back to
+    ``(height, width)`` and checked against the picture's own size.
+    """
+    from PIL import Image
+
+    data = np.asarray(regions)
+    if data.ndim == 4 and data.shape[-1] == 1:  # a reader that adds a slice axis to a 2D picture
+        data = data[..., 0]
+    if data.ndim != 3 or data.shape[0] != 1:
+        raise ValueError(f"{source}: a picture's region map must be (1, W, H), got shape {data.shape}.")
+    data = data[0].T
+    with Image.open(source) as pic:
+        width, height = pic.size
+    if data.shape != (height, width):
+        raise ValueError(
+            f"{source}: the region map is {data.shape[1]} x {data.shape[0]} (width x height) but the picture is "
+            f"{width} x {height}; cannot write it in the picture's orientation."
+        )
+    top = int(data.max()) if data.size else 0
+    if (data.size and int(data.min()) < 0) or top > 65535:
+        raise ValueError(f"{source}: region labels {int(data.min())}..{top} do not fit a 16-bit PNG.")
+    dtype = np.uint8 if top <= 255 else np.uint16
+    Image.fromarray(np.ascontiguousarray(data.astype(dtype))).save(str(path), format="PNG")
+
+
+def _save_nifti(regions: Any, source: str, path: Path) -> None:
+    """The map as int32 NIfTI: a NIfTI input's own affine, else the affine MONAI's reader gave (RAS)."""
     import nibabel as nib
     from monai.data import MetaTensor
 
     data = np.asarray(regions, dtype=np.int32)[0]
     affine = np.eye(4)
-    if isinstance(regions, MetaTensor):
+    if _suffix(Path(source)) in (".nii", ".nii.gz"):
+        src = nib.load(source)
+        if tuple(src.shape[: data.ndim]) != data.shape:
+            raise ValueError(f"{source}: the region map has shape {data.shape}, the image {tuple(src.shape)}.")
+        affine = np.asarray(src.affine, dtype=np.float64)
+    elif isinstance(regions, MetaTensor):
         a = np.asarray(regions.affine, dtype=np.float64)
         r = min(a.shape[0] - 1, 3)
         affine[:r, :r], affine[:r, 3] = a[:r, :r], a[:r, -1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        nib.save(nib.Nifti1Image(data, affine), str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    nib.save(nib.Nifti1Image(data, affine), str(path))
 
 
 def _dist() -> tuple[int, int, int]:
@@ -162,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Precompute region maps (SAM with --checkpoint, superpixels otherwise) for a folder or a datalist.",
     )
     p.add_argument("input", help="folder of images, or a MONAI datalist JSON")
-    p.add_argument("-o", "--output-dir", required=True, help="where <name>_regions.nii.gz files go")
+    p.add_argument("-o", "--output-dir", required=True, help="where <name>_regions.png (pictures) / .nii.gz files go")
     p.add_argument("--cache-dir", default=None, help="region cache folder (default: <output-dir>/cache)")
     p.add_argument("--data-list-key", default="training", help="datalist: which list (default: training)")
     p.add_argument("--image-key", default="image", help="datalist: which entry holds the image (default: image)")
@@ -194,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Raises:
         FileNotFoundError: when the input or the checkpoint does not exist.
-        ValueError: for an invalid datalist or settings.
+        ValueError: for an invalid datalist or settings, or a SAM checkpoint that cannot be read
+            (checked once, before the first image) or does not fit ``--model-type`` (checked once, at
+            the first image whose map is not cached).
     """
     from monai.transforms import LoadImage
     from tqdm import tqdm
@@ -232,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=cache_dir,
     )
     inner = partition.partitioner
+    sam_unchecked = partition.method_used == "sam" and getattr(inner, "checkpoint", None) is not None
+    if sam_unchecked and shard:
+        _check_sam_checkpoint_file(inner)  # readable: cheap, before the first image
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     logger.info(
         "rank %d/%d: %d of %d images, method %s, device %s, batch size %d, cache %s",
@@ -246,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded, pending = [], []
         for path, name in batch:
             t0, c0 = time.perf_counter(), time.process_time()
-            rec: dict[str, Any] = {"input": path, "output": str(output_path(output_dir, name))}
+            rec: dict[str, Any] = {"input": path, "output": str(output_path(output_dir, name, path))}
             try:
                 img = loader(path)
                 hit = inner.cached(img)
@@ -255,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                     regions = convert_to_dst_type(hit, dst=img, dtype=torch.int32)[0]
                     if not Path(rec["output"]).is_file():
-                        _write_nifti(regions, Path(rec["output"]))
+                        _write_map(regions, path, Path(rec["output"]))
                     rec.update(
                         status="cached", seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                         shape=list(hit.shape[1:]), regions=int(hit.max()),
@@ -270,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 records.append(rec)
                 bar.update(1)
         if loaded:
+            if sam_unchecked:  # the first cache miss builds the model: a checkpoint that does not fit fails once, here
+                _check_sam_checkpoint(inner)
+                sam_unchecked = False
             _compute(inner, loaded, records)
             bar.update(len(loaded))
     bar.close()
@@ -279,6 +336,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     (output_dir / name).write_text(json.dumps(summary, indent=1))
     _print_summary(summary)
     return 1 if summary["failed"] else 0
+
+
+def _advice(inner: Any, what: str = "No image was processed") -> str:
+    return (
+        f"{what}: pass a SAM checkpoint of --model-type {getattr(inner, 'model_type', '?')!r} with --checkpoint (e.g. "
+        "sam_vit_b_01ec64.pth for vit_b)."
+    )
+
+
+def _check_sam_checkpoint_file(inner: Any) -> None:
+    """Open the SAM checkpoint as a PyTorch file before the first image (memory-mapped: cheap, no model built).
+
+    A truncated or foreign file fails here, once, naming the file; before, the model was loaded on the
+    first cache miss and the file was read again (and failed again) for every image, each recorded as
+    a failed image. A run whose maps are all cached still builds no model.
+
+    Raises:
+        ValueError: when the file is not a readable PyTorch state dict.
+    """
+    path = inner.checkpoint
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, not a torch file
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"--checkpoint {path!r} is not a readable PyTorch checkpoint ({size} bytes; {type(e).__name__}: {first}); it "
+            f"may be truncated. {_advice(inner)}"
+        ) from e
+    if not isinstance(state, dict):
+        raise ValueError(f"--checkpoint {path!r} holds a {type(state).__name__}, not a SAM state dict. {_advice(inner)}")
+
+
+def _check_sam_checkpoint(inner: Any) -> None:
+    """Load the SAM model once, at the first cache miss: a checkpoint that does not fit fails once, naming the file.
+
+    Raises:
+        FileNotFoundError: when the checkpoint file does not exist.
+        ValueError: when it is not a SAM state dict of ``--model-type``.
+    """
+    try:
+        inner.model  # noqa: B018 - loads (and memoises) the model
+    except (ValueError, OSError) as e:  # load_sam's: they name the file
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise kind(f"{str(e).strip().rstrip('.')}. {_advice(inner, 'Stopped at the first map to compute')}") from e
 
 
 def _compute(inner: Any, loaded: list, records: list) -> None:
@@ -298,7 +400,12 @@ def _compute(inner: Any, loaded: list, records: list) -> None:
     share, cpu_share = (time.perf_counter() - t0) / len(loaded), (time.process_time() - c0) / len(loaded)
     for (rec, _, t_load), regions in zip(loaded, maps):
         t1, c1 = time.perf_counter(), time.process_time()
-        _write_nifti(regions, Path(rec["output"]))
+        try:
+            _write_map(regions, rec["input"], Path(rec["output"]))
+        except Exception as e:  # e.g. a picture whose map cannot be written in its orientation
+            rec.update(status="failed", seconds=t_load + share + time.perf_counter() - t1, error=f"{type(e).__name__}: {e}")
+            records.append(rec)
+            continue
         arr = np.asarray(regions)
         rec.update(
             status="computed", seconds=t_load + share + time.perf_counter() - t1,

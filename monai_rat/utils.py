@@ -1,10 +1,96 @@
-"""Small helpers shared by the network and the loss: checking region maps and numbering regions."""
+"""Small helpers: checking region maps and numbering regions (network, loss), writing files atomically, reading on/off flags."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
 import torch
 
-__all__ = ["as_region_labels", "region_groups"]
+__all__ = ["as_flag", "as_region_labels", "atomic_write", "region_groups"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file next to ``path`` for writing; on success, flush it to disk and rename it over ``path``.
+
+    A process killed at any moment leaves either the previous ``path`` or the complete new one, never a
+    partial file (``os.replace`` is atomic within one file system). When the ``with`` block raises, the
+    temporary file is removed and ``path`` is left as it was. The parent folder is created. Use it for
+    every file a bundle writes (metric logs, summaries, CSV and JSON files, images)::
+
+        with atomic_write(os.path.join(out, "summary.json")) as f:
+            json.dump(summary, f)
+
+    For writers that want a file name rather than a file object (``PIL.Image.save``, ``nibabel.save``),
+    the temporary file's name is ``f.name``; it keeps ``path``'s suffix (e.g. ``.png``, ``.nii.gz``),
+    so writers that choose the format from the suffix work::
+
+        with atomic_write(png_path, "wb") as f:
+            image.save(f.name)
+
+    Args:
+        path: the destination file.
+        mode: a write mode of ``open`` (``"w"``, ``"wb"``; default ``"w"``, text).
+        open_kwargs: more ``open`` arguments (``newline=""`` for ``csv``, ``encoding``).
+
+    Raises:
+        ValueError: when ``mode`` is not a write mode (``"w"`` or ``"x"``, optionally ``"b"`` / ``"t"``).
+        OSError: when the folder cannot be created or written.
+    """
+    if not mode or mode[0] not in "wx" or "+" in mode or "a" in mode:
+        raise ValueError(f"atomic_write: `mode` must be a write mode such as 'w' or 'wb', got {mode!r}.")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    name = os.path.basename(path)
+    suffix = "".join(s for s in (".nii.gz",) if name.lower().endswith(s)) or os.path.splitext(name)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)  # reopened by name, so that ``f.name`` is the temporary file's path
+    try:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "none", "null", "")
+
+
+def as_flag(value, name: str = "flag") -> bool:
+    """A bundle on/off setting as a bool: ``True``/``False``, and also the strings ``"true"``/``"false"``.
+
+    ``python -m monai.bundle run ... --amp false`` passes the *string* ``"false"`` (Python's ``fire`` only
+    turns ``False`` into a bool), which is truthy; the bundles read their flags through this so that
+    both spellings work.
+
+    Args:
+        value: a bool, an int 0/1, ``None`` (False) or one of the strings true/false, yes/no, on/off, 1/0
+            (any case).
+        name: the setting's name, for the error message.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"--{name} must be true or false, got {value!r}.")
 
 
 def as_region_labels(regions, batch: int, spatial: tuple[int, ...], name: str = "regions") -> torch.Tensor:

@@ -221,8 +221,9 @@ def test_bad_input_fails_at_once_naming_the_file(runs, case):
     assert r["returncode"] != 0, shown
     for text in expect:
         assert text in out, f"{text!r} not in the output of {shown}"
-    # the reason is the error itself, not a log line: it is in a traceback's exception line
+    # the reason is the error itself, not a log line: it is in a traceback's exception line, and the last line
     assert re.search(r"^\w*(Error|Exception): .*" + re.escape(expect[0]), out, re.M), shown
+    assert expect[0] in [ln for ln in out.splitlines() if ln.strip()][-1], shown
     if training:
         assert "Engine run resuming from iteration 0" not in out, f"training started: {shown}"
         models = runs["work"] / "runs" / case / "models"

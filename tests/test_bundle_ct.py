@@ -9,8 +9,10 @@ a busy machine more threads per process only add contention).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, TINY, bundle_env, run_bundle
+from bundle_helpers import ROOT, TINY_CT as TINY, bundle_env, run_bundle
 
 
 def _rows(path: Path) -> list[dict]:
@@ -49,6 +51,7 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
     assert "To train on real data" in log and "--dataset_dir" in log
     assert "using superpixels" in log  # no SAM checkpoint configured: the fallback is logged
+    assert "nvImageCodec" not in log  # MONAI's optional-GPU-decoder notices are filtered (monai_rat.notices)
     assert (out_dir / "models" / "model.pt").is_file()
     assert (out_dir / "models" / "last.pt").is_file()
     rows = _rows(out_dir / "logs" / "metrics.csv")
@@ -70,6 +73,21 @@ def test_training_run_writes_checkpoints_and_metrics(trained):
     assert set(state) == {"network", "optimizer", "lr_scheduler", "best_saver", "trainer"}
     assert state["trainer"]["iteration"] == 4
     assert state["best_saver"]["best_metric"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-4)
+    # both checkpoints record the network they belong to (read back without building anything)
+    from monai_rat.networks import read_network_record
+
+    for f in ("model.pt", "last.pt"):
+        record = read_network_record(out_dir / "models" / f)
+        assert record["name"] == "rat" and record["feature_size"] == 8 and record["in_channels"] == 1, f
+    # a few validation images (input, restored, target) in TensorBoard, one run folder per image, at every validation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for k in (0, 1):  # the tiny demo has 2 validation images
+        acc = EventAccumulator(str(out_dir / "logs" / "images" / f"val_{k}"), size_guidance={"images": 0})
+        acc.Reload()
+        tags = acc.Tags()["images"]
+        assert {"input_0_HW_0", "input_1_HW_0", "output_HW_0"} <= set(tags), tags  # input, target, restored
+        assert [e.step for e in acc.Images("output_HW_0")] == [1, 2]  # validation rounds
 
 
 def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
@@ -103,7 +121,8 @@ def test_training_with_a_datalist_json_uses_the_paper_schedule(trained, work):
     # the paper's optimiser settings: Adam from 2e-4, cosine to 1e-6 (reached at the last iteration)
     state = torch.load(out_dir / "models" / "last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2e-4)
-    assert state["lr_scheduler"]["eta_min"] == pytest.approx(1e-6) and state["lr_scheduler"]["T_max"] == 2
+    cosine = state["lr_scheduler"]["lr_lambdas"][0]  # monai_rat.engines.WarmupCosine's settings
+    assert cosine["min_lr"] == pytest.approx(1e-6) and cosine["total"] == 2 and cosine["warmup"] == 0
 
 
 def test_resume_continues_from_last_checkpoint(trained, work):
@@ -124,32 +143,101 @@ def test_resume_continues_from_last_checkpoint(trained, work):
     after = torch.load(out_dir / "models" / "last.pt", weights_only=True)
     assert after["trainer"]["iteration"] == 8
     assert after["optimizer"]["state"][0]["step"] == before["optimizer"]["state"][0]["step"] + 4
-    assert after["lr_scheduler"]["last_epoch"] == 8 and after["lr_scheduler"]["T_max"] == 8
+    assert after["lr_scheduler"]["last_epoch"] == 8 and after["lr_scheduler"]["lr_lambdas"][0]["total"] == 8
     history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
     assert [h["iteration"] for h in history] == [2, 4, 6, 8]
     # iteration 6 of the new 8-iteration cosine, not a restart of the old one
     assert history[2]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 6 / 8)) / 2, rel=1e-4)
 
 
-def test_evaluation_reports_restored_and_input_scores(trained):
+def _demo_split(trained, split: str) -> set[str]:
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    items = json.loads(demo.read_text())[split]
+    return {os.path.abspath(demo.parent / d[k]) for d in items for k in ("image", "label")}
+
+
+def test_evaluation_reports_the_model_beside_the_input_and_the_tuned_baselines(trained):
+    """The user's evaluation command: input, each classical baseline (tuned on validation only) and the model on the
+    same test slices, the best baseline named, per-source means, panels, predictions; re-running does not re-tune."""
+    from PIL import Image
+
     out_dir = trained["out_dir"]
-    log = run_bundle(
-        ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
-         "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY],
-        trained["cache"],
-    )  # fmt: skip
-    assert "PSNR (dB): restored" in log and "low-dose input" in log
+    methods = ["gaussian", "tv", "bm3d"] if importlib.util.find_spec("bm3d") else ["gaussian", "tv"]
+    args = ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
+            "--output_dir", str(out_dir), "--region_cache_dir", str(trained["regions"]), *TINY,
+            "--baseline_methods", repr(methods), "--save_predictions", "true"]  # fmt: skip
+    log = run_bundle(args, trained["cache"])
+    assert "Test split (3 images):" in log and "low-dose input" in log and "restored (rat)" in log
+    assert "<- best classical (chosen on validation)" in log and "vs the best classical baseline" in log
+    assert "Test split, source = 'real' (1 images):" in log and "Test split, source = 'phantom' (2 images):" in log
     summary = json.loads((out_dir / "eval" / "summary.json").read_text())
     assert summary["data_range"] == 1.0 and "4096 HU" in summary["data_range_note"]
+    assert summary["metric_protocol"].startswith("float:")
     metrics = summary["metrics"]
-    for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
-        assert metrics[name]["n"] == 4  # every demo test slice, whole (128 x 128), none skipped
+    for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim", *[f"{m}_{k}" for m in methods for k in ("psnr", "ssim")]):
+        assert metrics[name]["n"] == 3  # every demo test slice (2 phantoms, 1 real head), whole, none skipped
         assert np.isfinite(metrics[name]["mean"]) and metrics[name]["std"] >= 0
     assert metrics["input_psnr"]["mean"] > 25  # quarter-dose demo input vs full dose
-    rows = {r["metric"]: r for r in _rows(out_dir / "eval" / "summary.csv")}
-    assert float(rows["input_psnr"]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
+    assert metrics["tv_psnr"]["mean"] > metrics["input_psnr"]["mean"]  # a tuned filter denoises
+    rows = summary["comparison"]["PSNR (dB)"]
+    assert [r["metric"] for r in rows] == ["input_psnr", *[f"{m}_psnr" for m in methods], "val_psnr"]
+    assert rows[0]["compares"] == "low-dose input vs full dose" and rows[-1]["compares"] == "restored (rat) vs full dose"
+    # tuned on exactly the validation files; none of them is a test file; the best is the best on validation
+    b = summary["baselines"]
+    assert set(b["validation_files"]) == _demo_split(trained, "validation")
+    assert not set(b["validation_files"]) & _demo_split(trained, "test") and b["shared_with_test"] == []
+    best = max(b["methods"], key=lambda m: b["methods"][m]["validation_psnr"])
+    assert summary["best_baseline"]["method"] == best and set(b["methods"]) == set(methods)
+    assert not any(v["from_cache"] for v in b["methods"].values())
+    # per-subset means: the held-out real head apart from the phantoms
+    assert summary["subsets"]["real"]["val_psnr"]["n"] == 1 and summary["subsets"]["phantom"]["tv_psnr"]["n"] == 2
+    csv_rows = {(r["metric"], r["subset"]): r for r in _rows(out_dir / "eval" / "summary.csv")}
+    assert float(csv_rows[("input_psnr", "all")]["mean"]) == pytest.approx(metrics["input_psnr"]["mean"])
+    assert ("tv_psnr", "real") in csv_rows and csv_rows[("tv_psnr", "all")]["compares"].endswith("of the low-dose input vs full dose")
     raw = (out_dir / "eval" / "val_psnr_raw.csv").read_text()
-    assert raw.count("\n") == 5 and "ellipses_val_000" in raw  # header + one row per image, with its file
+    assert raw.count("\n") == 4 and "phantom_test_000" in raw and "J2K_pixelrep_mismatch" in raw  # header + a row per image
+    # a panel per test image (5 labelled tiles), an overview, and the predictions in network units
+    panels = sorted((out_dir / "eval" / "panels").glob("*.png"))
+    assert [p.stem for p in panels] == ["phantom_test_000", "phantom_test_001", "real_test_J2K_pixelrep_mismatch"]
+    for p in panels:
+        pred = np.load(out_dir / "eval" / "predictions" / f"{p.stem}.npy")
+        side = max(pred.shape[1:])
+        tile = side * -(-192 // side) if side < 192 else side
+        with Image.open(p) as im:
+            assert im.size == (5 * (tile + 4) + 4, tile + 36 + 22), p
+    assert (out_dir / "eval" / "overview.png").is_file()
+    assert np.load(out_dir / "eval" / "predictions" / "phantom_test_000.npy").dtype == np.float32
+    # the same command again takes the tuned parameters from the cache
+    log = run_bundle(args, trained["cache"])
+    assert log.count("from the cache") == len(methods) and "searching" not in log
+    again = json.loads((out_dir / "eval" / "summary.json").read_text())
+    assert all(v["from_cache"] for v in again["baselines"]["methods"].values())
+    assert again["metrics"]["tv_psnr"]["mean"] == pytest.approx(metrics["tv_psnr"]["mean"])
+
+
+def test_reference_metric_protocol_scores_8bit_y(trained):
+    """--metric_protocol reference: the evaluation's scores are those of the reference protocol on the test pairs."""
+    import nibabel as nib
+
+    from monai_rat.metrics import reference_psnr
+
+    out_dir = trained["out_dir"]
+    eval_dir = trained["out_dir"].parent / "eval_reference"
+    run_bundle(
+        ["run", "evaluating", "--config_file", "['bundles/ct/train.json','bundles/ct/evaluate.json']",
+         "--output_dir", str(out_dir), "--eval_dir", str(eval_dir), "--region_cache_dir", str(trained["regions"]), *TINY,
+         "--baseline_methods", "[]", "--panels", "false", "--metric_protocol", "reference"],
+        trained["cache"],
+    )  # fmt: skip
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["metric_protocol"].startswith("reference:") and "BT.601" in summary["metric_protocol"]
+    assert "baselines" not in summary and not (eval_dir / "panels").exists()
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/datalist.json"))[0]
+    values = []
+    for d in json.loads(demo.read_text())["test"]:
+        x, y = ((np.asarray(nib.load(demo.parent / d[k]).dataobj, np.float32) + 1024) / 4096 for k in ("image", "label"))
+        values.append(reference_psnr(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None]).item())
+    assert summary["metrics"]["input_psnr"]["mean"] == pytest.approx(np.mean(values), abs=1e-4)
 
 
 def test_inference_nifti_png_dicom_any_size(trained, work):
@@ -161,28 +249,71 @@ def test_inference_nifti_png_dicom_any_size(trained, work):
     src = work / "infer_in"
     (src / "series").mkdir(parents=True)
     shutil.copy(get_testdata_file("CT_small.dcm"), src / "series" / "CT_small.dcm")
-    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/ellipses_val_000.nii.gz"))[0]
+    demo = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/phantom_test_000.nii.gz"))[0]
     hu = np.asarray(nib.load(demo).get_fdata())
     nib.save(nib.Nifti1Image(hu[:100, :72].astype(np.float32), np.eye(4)), src / "odd.nii.gz")
     Image.fromarray(np.clip(hu[:90, :110] + 1024, 0, 65535).astype(np.uint16)).save(src / "slice.png")
     out_dir = work / "infer_out"
-    run_bundle(
-        ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
-         "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--feature_size", "8",
-         "--region_cache_dir", str(trained["regions"])],
-        trained["cache"],
-    )  # fmt: skip
+    # no --feature_size: the checkpoint records its network (RAT, feature_size 8)
+    args = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src), "--output_dir", str(out_dir),
+            "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt"), "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+    log = run_bundle(args, trained["cache"])
+    progress = re.findall(r"restored (\d)/3 (\S+) in [0-9.]+ s", log)  # one line per image, with its time
+    assert [int(i) for i, _ in progress] == [1, 2, 3]
+    assert sorted(n for _, n in progress) == ["CT_small.dcm", "odd.nii.gz", "slice.png"]
+    assert "Restored 3 images in" in log and (out_dir / "inference_manifest.json").is_file()
     odd = nib.load(out_dir / "odd_rat.nii.gz").get_fdata()
     assert odd.shape == (100, 72) and np.isfinite(odd).all()
     assert np.abs(odd - hu[:100, :72]).mean() < 500  # in HU, near the input (4 training iterations)
     assert nib.load(out_dir / "slice_rat.nii.gz").get_fdata().shape == (110, 90)  # MONAI's PNG axis order
-    assert nib.load(out_dir / "series" / "CT_small_rat.nii.gz").get_fdata().shape == (128, 128)
+    dicom_nifti = nib.load(out_dir / "series" / "CT_small_rat.nii.gz")
+    assert dicom_nifti.shape == (128, 128)
+    ref = pydicom.dcmread(src / "series" / "CT_small.dcm")
+    # the slice keeps its place: z row = (0, 0, SliceThickness, ImagePositionPatient z), not (0, 0, 1, 0)
+    np.testing.assert_allclose(dicom_nifti.affine[2], [0, 0, float(ref.SliceThickness), float(ref.ImagePositionPatient[2])], atol=1e-4)
     written = list((out_dir / "dicom").rglob("*.dcm"))
     assert len(written) == 1  # DICOM out for the DICOM input only
     ds, ref = pydicom.dcmread(written[0]), pydicom.dcmread(src / "series" / "CT_small.dcm")
     assert ds.PatientID == ref.PatientID and ds.SeriesInstanceUID != ref.SeriesInstanceUID
+    assert int(ds.SeriesNumber) != int(ref.SeriesNumber)  # the derived series is numbered on its own
     assert ds.SOPInstanceUID != ref.SOPInstanceUID and ds.ImageType[0] == "DERIVED"
     assert ds.pixel_array.shape == ref.pixel_array.shape
+    # the same command again: complete, nothing restored, and how to start afresh
+    log = run_bundle(args, trained["cache"])
+    assert "Inference already complete" in log and "--overwrite true" in log and "restored 1/3" not in log
+    # a changed input makes it run again; --overwrite true too
+    os.utime(src / "odd.nii.gz")
+    assert "restored 3/3" in run_bundle(args, trained["cache"])
+    assert "restored 3/3" in run_bundle([*args, "--overwrite", "true"], trained["cache"])
+
+
+def test_inference_checkpoint_errors_are_one_line(trained, work):
+    """Missing, truncated and mismatched checkpoints: the command fails and its error says which file and what to pass."""
+    from bundle_helpers import run_bundle_commands
+
+    model = trained["out_dir"] / "models" / "model.pt"
+    truncated = work / "truncated.pt"
+    truncated.write_bytes(model.read_bytes()[:4000])
+    src = sorted(Path(trained["cache"]).glob("ct_demo_*/low_dose/phantom_test_000.nii.gz"))[0]
+    base = ["run", "--config_file", "bundles/ct/inference.json", "--input_path", str(src),
+            "--region_cache_dir", str(trained["regions"])]  # fmt: skip
+    cases = {
+        "missing": ([*base, "--ckpt_path", str(work / "nowhere.pt"), "--output_dir", str(work / "e1")],
+                    rf"there is no checkpoint file '{work / 'nowhere.pt'}'.*--ckpt_path"),
+        "truncated": ([*base, "--ckpt_path", str(truncated), "--output_dir", str(work / "e2")],
+                      rf"'{truncated}' is not a complete PyTorch checkpoint .*truncated"),
+        "width": ([*base, "--ckpt_path", str(model), "--feature_size", "16", "--output_dir", str(work / "e3")],
+                  rf"'{model}' holds rat\(feature_size=8, .*does not fit the network asked for \(--feature_size 16\).*pass --feature_size 8"),
+        "network": ([*base, "--ckpt_path", str(model), "--network_name", "redcnn", "--output_dir", str(work / "e4")],
+                    r"holds rat\(.*asked for \(--network_name 'redcnn'\)"),
+    }  # fmt: skip
+    results = run_bundle_commands([c for c, _ in cases.values()], trained["cache"], work / "ckpt_errors")
+    for (name, (_, pattern)), res in zip(cases.items(), results):
+        assert res["returncode"] != 0, name
+        last = [ln for ln in res["output"].splitlines() if ln.strip()][-1]  # the command ends on the reason
+        assert re.search(pattern, last), f"{name}: the last line does not match {pattern!r}:\n{res['output'][-3000:]}"
+        assert re.match(r"^\w+Error: ckpt_path: ", last) and len(last) < 600, last
+        assert len(res["output"].splitlines()) < 120, f"{name}: {len(res['output'].splitlines())} lines"  # no page of PyTorch's
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, work):

@@ -63,4 +63,4 @@ def test_amp_dtype_is_an_override_that_reaches_the_engines(bundle, config):
     else:
         engines = [parser.get("evaluator")]
     for engine in engines:
-        assert engine["amp"] == "@amp" and engine["amp_kwargs"] == "@amp_kwargs"
+        assert engine["amp"] == "$monai_rat.utils.as_flag(@amp, 'amp')" and engine["amp_kwargs"] == "@amp_kwargs"

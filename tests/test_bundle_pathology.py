@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def trained(tmp_path_factory) -> dict:
 def test_tiny_training_run(trained):
     out_dir, log = trained["out_dir"], trained["log"]
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
-    assert "PATHOLOGY DEMO tiles (12 training / 4 validation" in log
+    assert "PATHOLOGY DEMO tiles (21 training / 4 validation / 4 test" in log
     assert (out_dir / "models" / "model.pt").is_file() and (out_dir / "models" / "last.pt").is_file()
     with open(out_dir / "logs" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -67,11 +68,26 @@ def test_evaluation_whole_tiles_mean_and_std(trained):
     summary = json.loads((out_dir / "eval" / "summary.json").read_text())["metrics"]
     for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
         assert summary[name]["n"] == 4 and np.isfinite(summary[name]["mean"]) and summary[name]["std"] >= 0, name
+    # the test block's tiles (columns 384-511 of ihc.png), not the validation block the checkpoint was chosen on
+    with open(out_dir / "eval" / "val_psnr_raw.csv", newline="") as f:
+        names = sorted(Path(r["filename"]).stem for r in csv.DictReader(f))
+    assert names == [f"ihc_test_y{y:03d}_x384" for y in (0, 128, 256, 384)], names
     # the bicubic input of ihc tiles: about 28.4 dB against the originals (MONAI PSNR, data range 1 = 255)
     assert 26 < summary["input_psnr"]["mean"] < 31
-    assert "PSNR (dB): restored" in log and "| bicubic input" in log and "low-dose" not in log
-    notes = json.loads((out_dir / "eval" / "summary.json").read_text())["metric_names"]
-    assert notes["input_psnr"] == "bicubic input vs original image" and notes["val_ssim"] == "restored vs original image"
+    assert "Test split (4 images):" in log and "bicubic input" in log and "low-dose" not in log
+    report = json.loads((out_dir / "eval" / "summary.json").read_text())
+    notes = report["metric_names"]
+    assert notes["input_psnr"] == "bicubic input vs original image" and notes["val_ssim"] == "restored (rat) vs original image"
+    # the super-resolution baselines start from the low-resolution image the degradation made: bicubic is the input itself
+    assert summary["bicubic_psnr"]["mean"] == pytest.approx(summary["input_psnr"]["mean"], abs=1e-4)
+    assert np.isfinite(summary["lanczos_psnr"]["mean"]) and report["best_baseline"]["method"] in ("bicubic", "lanczos")
+    assert notes["lanczos_psnr"] == "lanczos (scale 4) of the low-resolution image vs original image"
+    from PIL import Image
+
+    panels = sorted((out_dir / "eval" / "panels").glob("*.png"))
+    assert len(panels) == 4 and (out_dir / "eval" / "overview.png").is_file()
+    with Image.open(panels[0]) as im:
+        assert im.mode == "RGB" and im.size[0] == 5 * (im.size[1] - 58 + 4) + 4  # 5 square tiles of the tile's side
 
 
 def test_sliding_window_inference_any_size_png(trained, tmp_path):

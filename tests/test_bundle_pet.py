@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,10 +29,11 @@ def trained(tmp_path_factory) -> dict:
 def test_tiny_training_run(trained):
     out_dir, log = trained["out_dir"], trained["log"]
     assert "Training schedule 'demo' (no dataset_dir is set)" in log
-    assert "PET DEMO" in log
-    # air-only slices dropped and counted: 3 training volumes of 16 slices, 2 air-only each
-    assert "PETSliceDataset: 3 volumes, 48 slices along axis 2: kept 42, dropped 6 air-only" in log
-    assert "PETSliceDataset: 1 volumes, 16 slices along axis 2: kept 14, dropped 2 air-only" in log
+    assert "PET DEMO data (5 training / 2 validation / 2 test patients, split by anatomy" in log
+    # air-only slices dropped and counted: 5 training and 2 validation volumes of 12 slices, 2 air-only each
+    assert "PETSliceDataset: 5 volumes, 60 slices along axis 2: kept 50, dropped 10 air-only" in log
+    assert "PETSliceDataset: 2 volumes, 24 slices along axis 2: kept 20, dropped 4 air-only" in log
+    assert "val_00_bonescan" in log and "test_00_mrsmall" not in log  # training never reads a test volume
     assert (out_dir / "models" / "model.pt").is_file() and (out_dir / "models" / "last.pt").is_file()
     with open(out_dir / "logs" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -50,24 +52,35 @@ def test_evaluation_per_slice_and_per_volume(trained):
     out_dir, work = trained["out_dir"], trained["work"]
     log = run_bundle(
         ["run", "evaluating", "--config_file", "['bundles/pet/train.json','bundles/pet/evaluate.json']",
-         "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8"],
+         "--output_dir", str(out_dir), "--region_cache_dir", str(work / "regions"), "--feature_size", "8",
+         "--baseline_methods", "['gaussian','tv']"],
         work / "cache",
     )  # fmt: skip
-    assert "Per-volume (1 volumes, 14 slices)" in log
+    assert "Per-volume (2 volumes, 20 slices)" in log
     ev = out_dir / "eval"
     with open(ev / "per_slice.csv", newline="") as f:
         slices = list(csv.DictReader(f))
-    assert [int(r["slice_index"]) for r in slices] == list(range(1, 15))  # slices 0 and 15 are air-only
+    assert sorted(int(r["slice_index"]) for r in slices) == sorted(list(range(1, 11)) * 2)  # slices 0 and 11 are air-only
     with open(ev / "per_volume.csv", newline="") as f:
         volumes = list(csv.DictReader(f))
-    assert len(volumes) == 1 and int(volumes[0]["num_slices"]) == 14 and "patient_003" in volumes[0]["volume"]
+    # the demo's test split (the real MR_small patient and a textured phantom), not the validation volumes
+    assert len(volumes) == 2 and all(int(v["num_slices"]) == 10 for v in volumes)
+    assert sorted(Path(v["volume"]).name for v in volumes) == ["test_00_mrsmall.nii.gz", "test_01_textured.nii.gz"]
     summary = json.loads((ev / "volume_summary.json").read_text())
-    assert summary["num_volumes"] == 1 and summary["num_slices"] == 14
+    assert summary["num_volumes"] == 2 and summary["num_slices"] == 20
     # per-slice PSNR / SSIM agree with MONAI's metric handlers (the common evaluation summary)
     common = json.loads((ev / "summary.json").read_text())["metrics"]
     for mine, theirs in (("psnr", "val_psnr"), ("ssim", "val_ssim"), ("input_psnr", "input_psnr"), ("input_ssim", "input_ssim")):
         assert summary["per_slice"][mine]["mean"] == pytest.approx(common[theirs]["mean"], abs=1e-3), mine
     assert summary["per_volume"]["input_psnr"]["mean"] > 25  # DRF 12 input vs full count, data range = activity_scale
+    # the baselines beside the model on the same test slices, tuned on the validation volumes only
+    report = json.loads((ev / "summary.json").read_text())
+    assert [r["metric"] for r in report["comparison"]["PSNR (dB)"]] == ["input_psnr", "gaussian_psnr", "tv_psnr", "val_psnr"]
+    assert report["metrics"]["tv_psnr"]["n"] == 20 and report["best_baseline"]["method"] in ("gaussian", "tv")
+    assert report["baselines"]["shared_with_test"] == [] and "optimistic" not in log
+    assert not any("test_" in Path(f).name for f in report["baselines"]["validation_files"])
+    panels = sorted(p.name for p in (ev / "panels").glob("*.png"))
+    assert len(panels) == 20 and panels[0].endswith("_slice001.png") and (ev / "overview.png").is_file()
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
@@ -128,12 +141,19 @@ def test_training_on_a_folder_uses_the_slice_store_and_suv_sidecars(trained, tmp
     import glob
     import shutil
 
+    from monai_rat.data import pet_datalist
+
     demo = Path(sorted(glob.glob(str(trained["work"] / "cache" / "pet_demo_*")))[-1])
     data = tmp_path / "data"
+    names = ["test_00_mrsmall", "train_00_shepplogan", "train_01_textured", "val_00_bonescan"]  # 4 of the 9 demo volumes
     for sub in ("low_dose", "full_dose"):
-        shutil.copytree(demo / sub, data / sub)
-    for sub in ("low_dose", "full_dose"):  # one patient with sidecars; 0.021 MBq, 70 kg: SUV / 10 = activity / 3 here
-        (data / sub / "patient_000_mrsmall_id.json").write_text(json.dumps({"InjectedRadioactivity": 0.021, "BodyWeight": 70}))
+        (data / sub).mkdir(parents=True)
+        for name in names:
+            shutil.copy(demo / sub / f"{name}.nii.gz", data / sub)
+    val = [it["name"] for it in pet_datalist(data)["validation"]]  # the bundle's own seeded split (1 of 4)
+    assert len(val) == 1
+    for sub in ("low_dose", "full_dose"):  # the validation patient (read in full) with sidecars; 0.021 MBq, 70 kg: SUV / 10 = activity / 3
+        (data / sub / f"{val[0]}.json").write_text(json.dumps({"InjectedRadioactivity": 0.021, "BodyWeight": 70}))
     out_dir = tmp_path / "run"
     log = run_bundle(
         ["run", "training", "--config_file", "bundles/pet/train.json", "--dataset_dir", str(data), "--schedule_name", "demo",
@@ -141,6 +161,11 @@ def test_training_on_a_folder_uses_the_slice_store_and_suv_sidecars(trained, tmp
          "--region_cache_dir", str(trained["work"] / "regions"), "--slice_cache_dir", str(tmp_path / "slices"), *TINY],
         trained["work"] / "cache",
     )  # fmt: skip
-    assert len(list((tmp_path / "slices").glob("slices_*.npy"))) == 4  # 3 training + 1 validation volume pairs
+    # a seeded patient split, 3 training + 1 validation volume pairs; no test split asked for, so "test" = "validation",
+    # and the log says so
+    assert len(list((tmp_path / "slices").glob("slices_*.npy"))) == 4
+    assert "PET data: " + str(data) + ": 3 training / 1 validation / 0 test patients" in log
+    assert 'no test split, so "test" = "validation"' in log
     assert (out_dir / "models" / "model.pt").is_file()
-    assert "patient_000_mrsmall_id.nii.gz: suv normalisation" in log and "patient_001_shepplogan_id.nii.gz: fixed normalisation" in log
+    assert f"{val[0]}.nii.gz: suv normalisation" in log
+    assert set(re.findall(r"(\w+)\.nii\.gz: fixed normalisation", log)) - set(val), "no training file (no sidecar) logged"

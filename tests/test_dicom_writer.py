@@ -48,6 +48,7 @@ def test_round_trip_through_monai(tmp_path, source, reader):
     assert np.abs(np.squeeze(back.numpy()) - restored_hu.T).max() <= 1.0
     src, dst = pydicom.dcmread(path), pydicom.dcmread(written)
     assert dst.SeriesInstanceUID != src.SeriesInstanceUID
+    assert int(dst.SeriesNumber) == int(src.SeriesNumber) + 1000  # a series number of its own, not the source's
     assert dst.SOPInstanceUID != src.SOPInstanceUID
     assert dst.file_meta.MediaStorageSOPInstanceUID == dst.SOPInstanceUID
     assert list(dst.ImageType)[:2] == ["DERIVED", "SECONDARY"]
@@ -153,3 +154,19 @@ def test_non_dicom_source(tmp_path):
     assert SaveAsDICOM(tmp_path / "out", on_non_dicom="skip")(np.zeros((1, 4, 4)), source=path) is None
     out = SaveAsDICOMd("pred", tmp_path / "out", on_non_dicom="skip")({"image": str(path), "pred": np.zeros((1, 4, 4))})
     assert out["pred_dicom_path"] is None
+
+
+def test_series_number_is_new_and_shared_by_the_series(tmp_path, source):
+    path, hu = source
+    assert int(pydicom.dcmread(path).SeriesNumber) == 1
+    saver = SaveAsDICOM(tmp_path / "out", layout="pydicom")
+    a = pydicom.dcmread(saver(hu, source=path))
+    assert int(a.SeriesNumber) == 1001
+    res = write_dicom_slice(hu, path, tmp_path / "n.dcm", series_number=7)
+    assert res["series_number"] == 7 and int(pydicom.dcmread(res["path"]).SeriesNumber) == 7
+    with pytest.raises(ValueError, match="series_number 1 is the SeriesNumber of the source"):
+        write_dicom_slice(hu, path, tmp_path / "same.dcm", series_number=1)
+    ds = pydicom.dcmread(path)
+    del ds.SeriesNumber
+    ds.save_as(tmp_path / "nonumber.dcm")
+    assert int(pydicom.dcmread(write_dicom_slice(hu, tmp_path / "nonumber.dcm", tmp_path / "x.dcm")["path"]).SeriesNumber) == 1000

@@ -43,10 +43,15 @@ AFFINE = np.array([[0.7, 0.05, 0.0, -120.0], [0.0, -0.7, 0.0, 85.0], [0.0, 0.0, 
 
 def tiny_rat() -> RAT:
     """The network the bundle's network_def builds with the TINY overrides."""
-    net = json.loads((REPO / "bundles" / "ct" / "configs" / "inference.json").read_text())["network_def"]["network"]
-    kwargs = {k: v for k, v in net.items() if not k.startswith("_")}
-    kwargs.update(TINY)
-    return RAT(**kwargs)
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "ct" / "configs" / "inference.json"))
+    for key, value in TINY.items():
+        parser[key] = value
+    net = parser.get_parsed_content("network_def#network")
+    assert isinstance(net, RAT)  # the bundle's default network_name
+    return net
 
 
 def train_tiny(work: Path, dest: Path) -> RAT:
@@ -136,6 +141,7 @@ def server_env(tmp: Path) -> dict:
             "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
             "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
             "MONAI_RAT_DEVICE": "cpu",
+            "MONAI_RAT_CACHE": str(tmp / "user_cache"),  # the region cache's default: not the user's own
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
         }
     )

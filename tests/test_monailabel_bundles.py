@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"feature_size": 16, "network_def#network#num_groups": 1}
 
 
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path, monkeypatch):
+    """The bundles' region cache defaults to the user cache: keep the tests' maps in their own folder."""
+    monkeypatch.setenv("MONAI_RAT_CACHE", str(tmp_path / "user_cache"))
+
+
 def copy_bundle(root: Path, name: str) -> Path:
     shutil.copytree(REPO / "bundles" / "ct" / "configs", root / name / "configs")
     return root / name

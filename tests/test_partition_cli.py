@@ -1,4 +1,7 @@
-"""Bulk precompute: python -m monai_rat.partition over NIfTI and PNG folders and datalists, twice (second: all hits)."""
+"""Bulk precompute: python -m monai_rat.partition over NIfTI, PNG and DICOM folders and datalists, twice (second: all hits).
+
+Maps come back in the input's format and orientation: PNG label images for PNGs, NIfTI with the input's affine
+(slice position included) for NIfTI and DICOM."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import pydicom_test_file
 from sam_tiny_helpers import blob_image, tiny_sam
 
 from monai_rat.partition import find_images, main, read_datalist
@@ -48,10 +52,15 @@ def _summary(out, name="partition_summary.json"):
 
 
 def _outputs(out):
-    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*_regions.nii.gz"))
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*_regions.*") if p.name.endswith((".nii.gz", ".png")))
 
 
-EXPECTED = ["grey_regions.nii.gz", "slice_regions.nii.gz", "sub/colour_regions.nii.gz", "sub/volume_regions.nii.gz"]
+def _read_map(path):
+    """A written map as an array in the file's own layout (PNG: rows x columns; NIfTI: its data array)."""
+    return np.asarray(Image.open(path)) if path.suffix == ".png" else np.asarray(nib.load(path).dataobj)
+
+
+EXPECTED = ["grey_regions.png", "slice_regions.nii.gz", "sub/colour_regions.png", "sub/volume_regions.nii.gz"]
 
 
 def test_folder_twice_superpixel(image_folder, tmp_path, monkeypatch, capsys):
@@ -65,10 +74,11 @@ def test_folder_twice_superpixel(image_folder, tmp_path, monkeypatch, capsys):
     vol = nib.load(out / "sub" / "volume_regions.nii.gz")
     assert vol.shape == (40, 36, 2) and vol.get_data_dtype() == np.int32
     np.testing.assert_allclose(vol.affine, np.diag([0.7, 0.8, 2.5, 1.0]))
-    png = nib.load(out / "sub" / "colour_regions.nii.gz")
-    assert png.shape == (44, 30)  # MONAI's PIL reader puts width first; the map has the loaded image's grid
+    # PNG maps: label images with the picture's rows and columns (MONAI's PIL reader puts the width first)
+    png = Image.open(out / "sub" / "colour_regions.png")
+    assert png.size == Image.open(image_folder / "sub" / "colour.png").size == (44, 30) and png.mode == "L"
     for name in EXPECTED:
-        data = np.asarray(nib.load(out / name).dataobj)
+        data = _read_map(out / name)
         assert data.min() == 1
     text = capsys.readouterr().out
     assert "computed : 4  per image mean" in text and "cached   : 0" in text
@@ -81,9 +91,9 @@ def test_folder_twice_superpixel(image_folder, tmp_path, monkeypatch, capsys):
     assert all(isinstance(r["seconds"], float) for r in second["items"])
     assert "cached   : 4  per image mean" in capsys.readouterr().out
     # a deleted output is rewritten from the cache, still without recomputing
-    (out / "grey_regions.nii.gz").unlink()
+    (out / "grey_regions.png").unlink()
     assert main([str(image_folder), "-o", str(out), "--no-progress"]) == 0
-    assert _summary(out)["cached"]["count"] == 4 and (out / "grey_regions.nii.gz").is_file()
+    assert _summary(out)["cached"]["count"] == 4 and (out / "grey_regions.png").is_file()
 
 
 def test_folder_twice_sam_batched(image_folder, tmp_path, monkeypatch):
@@ -121,7 +131,49 @@ def test_datalist_and_torchrun_shards(image_folder, tmp_path, monkeypatch):
         assert s["rank"] == rank and s["world_size"] == 2
         shards[rank] = [Path(r["input"]).name for r in s["items"]]
     assert shards == {0: ["slice.nii.gz", "grey.png"], 1: ["volume.nii"]}  # items[rank::world_size]
-    assert _outputs(out) == ["grey_regions.nii.gz", "slice_regions.nii.gz", "sub/volume_regions.nii.gz"]
+    assert _outputs(out) == ["grey_regions.png", "slice_regions.nii.gz", "sub/volume_regions.nii.gz"]
+
+
+def test_maps_in_the_input_format_and_orientation(tmp_path, monkeypatch):
+    """PNG in: a PNG map lying on the picture; DICOM in: NIfTI on the slice's place; NIfTI in: the file's affine."""
+    import shutil
+
+    import pydicom
+    from monai.transforms import LoadImage
+
+    from monai_rat.transforms import SuperpixelPartition
+
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    src = tmp_path / "in"
+    src.mkdir()
+    # a picture that is not square and whose top half is bright: orientation mistakes show
+    pic = np.zeros((30, 44), np.uint8)
+    pic[:12] = 220
+    pic[12:, 30:] = 110
+    Image.fromarray(pic).save(src / "pic.png")
+    shutil.copyfile(pydicom_test_file("CT_small.dcm"), src / "ct.dcm")
+    affine = np.array([[0.0, -0.8, 0.0, 12.0], [0.7, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 41.5], [0.0, 0.0, 0.0, 1.0]])
+    nib.save(nib.Nifti1Image(blob_image(24, 20, seed=5)[0], affine), src / "oblique.nii.gz")
+    out = tmp_path / "out"
+    assert main([str(src), "-o", str(out), "--no-progress"]) == 0
+    assert _outputs(out) == ["ct_regions.nii.gz", "oblique_regions.nii.gz", "pic_regions.png"]
+    # PNG: the same map a MONAI pipeline sees, turned back to the picture's rows and columns
+    written = np.asarray(Image.open(out / "pic_regions.png"))
+    loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(src / "pic.png"))  # (1, 44, 30)
+    expected = np.asarray(SuperpixelPartition()(loaded))[0].T
+    assert written.shape == pic.shape == (30, 44)
+    np.testing.assert_array_equal(written, expected)
+    # the regions lie on the picture: the bright top band's regions are not below it, the two lower parts differ
+    assert set(written[:10].ravel().tolist()).isdisjoint(written[14:].ravel().tolist()) and written[20, 5] != written[20, 40]
+    # DICOM: NIfTI whose affine keeps the slice's position (z row: SliceThickness, ImagePositionPatient z), in RAS
+    ds = pydicom.dcmread(src / "ct.dcm")
+    ct = nib.load(out / "ct_regions.nii.gz")
+    assert ct.shape[:2] == (int(ds.Columns), int(ds.Rows))
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    np.testing.assert_allclose(ct.affine[:3, 3], [-x, -y, z], atol=1e-3)  # LPS -> RAS
+    np.testing.assert_allclose(ct.affine[2], [0, 0, float(ds.SliceThickness), z], atol=1e-3)
+    # NIfTI: the input file's own affine
+    np.testing.assert_allclose(nib.load(out / "oblique_regions.nii.gz").affine, affine, atol=1e-6)
 
 
 def test_bad_files_are_reported_not_fatal(image_folder, tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import pydicom_test_file, shared_fixture
 from sam_tiny_helpers import KEEP_ALL, blob_image, tiny_sam
 
 from monai_rat.transforms import (
@@ -27,15 +27,21 @@ def _full_partition(regions, shape):
     return labels.size
 
 
-def _ct_slice():
+def _ct_slice(source: str):
+    """A real 512 x 512 CT slice: a head slice pydicom ships (read by MONAI's ITKReader, in HU), or the
+    quarter-dose slice of the shared fixtures (read by MONAI's PIL reader; skipped when absent)."""
     from monai.transforms import LoadImage
 
-    return LoadImage(image_only=True, ensure_channel_first=True)(str(FIXTURES / "quarter_dose_ct_512.png"))
+    from monai_rat.data import EnsureSlice2D
+
+    path = pydicom_test_file("J2K_pixelrep_mismatch.dcm") if source == "pydicom" else shared_fixture("quarter_dose_ct_512.png")
+    return EnsureSlice2D()(LoadImage(image_only=True, ensure_channel_first=True)(str(path)))  # (1, 512, 512)
 
 
+@pytest.mark.parametrize("source", ["pydicom", "shared"])
 @pytest.mark.parametrize("method", ["felzenszwalb", "slic"])
-def test_real_ct_slice(method):
-    ct = _ct_slice()  # the real quarter-dose slice, read by MONAI's PIL reader: (1, 512, 512)
+def test_real_ct_slice(method, source):
+    ct = _ct_slice(source)
     regions = SuperpixelPartition(method=method)(ct)
     n = _full_partition(regions, (1, 512, 512))
     assert n >= 10

@@ -91,7 +91,10 @@ def test_metrics_finite_for_each_image(evaluated):
     summary = json.loads((eval_dir / "summary.json").read_text())["metrics"]
     for name in ("val_psnr", "val_ssim", "input_psnr", "input_ssim"):
         assert summary[name]["n"] == len(TEST_CROPS) and np.isfinite(summary[name]["mean"]) and summary[name]["std"] >= 0, name
-    assert "PSNR (dB): restored" in evaluated["log"]
+    assert "Test split (2 images):" in evaluated["log"] and "restored (rat)" in evaluated["log"]
+    # the super-resolution baselines on the same images: bicubic from the low-resolution image is the input itself
+    assert summary["bicubic_psnr"]["mean"] == pytest.approx(summary["input_psnr"]["mean"], abs=1e-4)
+    assert summary["lanczos_psnr"]["n"] == len(TEST_CROPS)
 
 
 def test_evaluation_equals_sliding_window_by_hand_not_whole_image(evaluated):

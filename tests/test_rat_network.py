@@ -188,3 +188,26 @@ def test_checkpointing_gives_the_same_outputs_and_gradients():
     y2.square().mean().backward()
     for (n, p1), (_, p2) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("cls", ["RAT", "NAFNet"])
+def test_identity_init_makes_the_untrained_network_the_identity(cls):
+    import monai_rat.networks as nets
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 24, 40)
+    regions = torch.ones(2, 1, 24, 40, dtype=torch.long)
+    kwargs = dict(feature_size=8) if cls == "NAFNet" else dict(feature_size=8, num_groups=1, layers_per_group=1)
+    net = getattr(nets, cls)(identity_init=True, **kwargs)
+    plain = getattr(nets, cls)(**kwargs)
+    args = (x, regions) if cls == "RAT" else (x,)
+    with torch.no_grad():
+        torch.testing.assert_close(net(*args), x)
+        assert (plain(*args) - x).abs().max() > 1e-3  # the papers' initialisation is not the identity
+    assert sorted(net.state_dict()) == sorted(plain.state_dict())  # same parameters, only their start differs
+    # and it trains: one step moves the output away from the input
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    torch.nn.functional.l1_loss(net(*args), torch.zeros_like(x)).backward()
+    opt.step()
+    with torch.no_grad():
+        assert (net(*args) - x).abs().max() > 1e-4

@@ -164,11 +164,18 @@ def _find_series(root: Path) -> list[dict]:
 def aapm_datalist(
     dataset_dir: str | os.PathLike,
     test_patients: tuple[str, ...] | list[str] | str = ("L506",),
+    val_patients: tuple[str, ...] | list[str] | str | None = None,
     thickness: str = "1mm",
     kernel: str | None = None,
     max_unpaired: int = 2,
 ) -> dict:
     """Pair the quarter-dose and full-dose slices of the AAPM Low-Dose CT data and split them by patient.
+
+    Three splits by patient: "test" (``test_patients``, L506 as in the paper: the reported scores),
+    "validation" (``val_patients``: checkpoint choice and tuning; never the test patient) and
+    "training" (everyone else). By default the validation patient is the last of the non-test
+    patients in sorted order (L333 on the full data), so the paper's nine training patients become
+    eight for training and one for validation.
 
     Series are found by walking ``dataset_dir`` (layouts in ``AAPM_LAYOUTS`` / docs/data.md); within
     each patient, the full-dose and quarter-dose series are sorted by ``ImagePositionPatient[2]``
@@ -180,8 +187,12 @@ def aapm_datalist(
 
     Args:
         dataset_dir: the root folder.
-        test_patients: patient folder names held out for "validation" and "test" (default ("L506",),
-            the paper's 9 / 1 split); every other patient goes to "training". A string is one patient.
+        test_patients: patient folder names held out for "test" (default ("L506",), the paper's test
+            patient). A string is one patient.
+        val_patients: patient folder names held out for "validation" (default ``None``: the last
+            non-test patient in sorted order, when at least two non-test patients exist; with only
+            one, "validation" is the test patients' list, and a warning says that validation scores
+            are then not held out). ``()`` asks for that explicitly.
         thickness: slice thickness folder suffix, "1mm" (default) or "3mm" (classic and re-released
             layouts; TCIA series are not filtered by thickness).
         kernel: None or "B30" (default: the smooth kernel, folders without ``_sharp`` / ``D45``), or
@@ -191,14 +202,14 @@ def aapm_datalist(
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "report": {...}}``; items are
         ``{"image": quarter_dose_file, "label": full_dose_file, "name": "L067_0001", "patient": "L067",
-        "position": float}`` ("position" is the pairing key: mm, or the instance number); "test" equals
-        "validation". The report: ``{"layout", "patients": {pid: {"full_dir", "quarter_dir", "full",
-        "quarter", "paired", "full_only", "quarter_only"}}, "unpaired", "num_pairs"}``.
+        "position": float}`` ("position" is the pairing key: mm, or the instance number). The report: ``{"layout", "patients": {pid: {"full_dir", "quarter_dir", "full",
+        "quarter", "paired", "full_only", "quarter_only", "split"}}, "unpaired", "num_pairs",
+        "val_patients", "test_patients"}``.
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` does not exist (the message shows the expected layout).
         ValueError: when no series matches the layout, a patient lacks one dose, a patient has two
-            series for one dose, a test patient is missing, a pair's shapes differ (both files named),
+            series for one dose, a test or validation patient is missing or in both lists, a pair's shapes differ (both files named),
             the unpaired slices exceed ``max_unpaired`` or nothing pairs (both folders named), a
             header is unreadable (the file named), or an argument is invalid.
     """
@@ -259,9 +270,10 @@ def aapm_datalist(
             f"aapm_datalist: test patient(s) {missing_test} not found under {str(root)!r}; patients found: "
             f"{sorted(by_patient)}. Pass `test_patients` to choose others."
         )
+    val_patients = _validation_patients(val_patients, test_patients, sorted(by_patient), root)
 
     report: dict = {"layout": sorted({s["layout"] for s in series}), "patients": {}, "unpaired": 0, "num_pairs": 0}
-    out: dict = {"training": [], "validation": []}
+    out: dict = {"training": [], "validation": [], "test": []}
     for n, (pid, slot) in enumerate(sorted(by_patient.items()), 1):
         full = read_series_headers(slot["full"]["dir"], slot["full"]["files"])
         quarter = read_series_headers(slot["quarter"]["dir"], slot["quarter"]["files"])
@@ -287,7 +299,7 @@ def aapm_datalist(
                 "Patient %s: %d full-dose and %d quarter-dose slice(s) have no partner at the same %s and are not used: %s",
                 pid, len(full_only), len(quarter_only), full[0]["key_kind"], full_only + quarter_only,
             )
-        split = "validation" if pid in test_patients else "training"
+        split = "test" if pid in test_patients else "validation" if pid in val_patients else "training"
         for i, k in enumerate(keys):
             f, q = fmap[k], qmap[k]
             if f["shape"] != q["shape"]:
@@ -313,17 +325,54 @@ def aapm_datalist(
     if not out["training"]:
         raise ValueError(
             f"aapm_datalist: no training patients left under {str(root)!r}: found {sorted(by_patient)}, all in "
-            f"test_patients={list(test_patients)}."
+            f"test_patients={list(test_patients)} or val_patients={list(val_patients)}."
         )
-    if not out["validation"]:
-        logger.warning("aapm_datalist: no test patients (test_patients=%s): the validation list is empty.", list(test_patients))
-    out["test"] = [dict(item) for item in out["validation"]]
+    if not out["test"]:
+        logger.warning("aapm_datalist: no test patients (test_patients=%s): the test list is empty.", list(test_patients))
+    if not val_patients:
+        out["validation"] = [dict(item) for item in out["test"]]
+    report.update(val_patients=list(val_patients) or list(test_patients), test_patients=list(test_patients))
     out["report"] = report
     logger.info(
-        "AAPM discovery: %s: %d patients, %d training / %d validation pairs, %d unpaired slice(s) in %.1f s.",
-        root, len(by_patient), len(out["training"]), len(out["validation"]), report["unpaired"], time.perf_counter() - t0,
+        "AAPM discovery: %s: %d patients, %d training / %d validation (%s) / %d test (%s) pairs, %d unpaired slice(s) "
+        "in %.1f s.", root, len(by_patient), len(out["training"]), len(out["validation"]),
+        ", ".join(report["val_patients"]), len(out["test"]), ", ".join(test_patients), report["unpaired"],
+        time.perf_counter() - t0,
     )
     return out
+
+
+def _validation_patients(val_patients, test_patients: tuple[str, ...], found: list[str], root: Path) -> tuple[str, ...]:
+    """The validation patients: as given (checked), or the last non-test patient; () when none is left."""
+    if val_patients is None:
+        others = [p for p in found if p not in test_patients]
+        if len(others) >= 2:
+            return (others[-1],)
+        logger.warning(
+            "aapm_datalist: only %d non-test patient(s) (%s): no patient is left to hold out for validation, so the "
+            "validation list is the test patients' (%s) and validation scores are not held out.",
+            len(others), others, list(test_patients),
+        )
+        return ()
+    if isinstance(val_patients, str):
+        val_patients = (val_patients,)
+    val_patients = tuple(val_patients)
+    if not all(isinstance(p, str) and p for p in val_patients):
+        raise ValueError(f"aapm_datalist: `val_patients` must be patient folder names (strings), got {val_patients!r}.")
+    both = sorted(set(val_patients) & set(test_patients))
+    if both:
+        raise ValueError(f"aapm_datalist: patient(s) {both} are in both `val_patients` and `test_patients`; the test patient "
+                         "must not choose the checkpoint.")
+    missing = [p for p in val_patients if p not in found]
+    if missing:
+        raise ValueError(
+            f"aapm_datalist: validation patient(s) {missing} not found under {str(root)!r}; patients found: {found}. "
+            "Pass `val_patients` to choose others."
+        )
+    if not val_patients:
+        logger.warning("aapm_datalist: val_patients=(): the validation list is the test patients' (%s); validation "
+                       "scores are not held out.", list(test_patients))
+    return val_patients
 
 
 def _rekey_by_instance(slices: list[dict], folder: str) -> list[dict]:

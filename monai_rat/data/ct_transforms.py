@@ -41,9 +41,10 @@ CT_DISPLAY_WINDOW = (-160.0, 240.0)
 class EnsureSlice2D(Transform):
     """Make a channel-first 2D slice ``(C, X, Y)`` from ``(C, X, Y)`` or ``(C, X, Y, 1)``.
 
-    ``ITKReader`` reads one DICOM file as a 3D image with one slice; this drops that axis (and the
-    matching affine row/column when the input is a MetaTensor). Anything else is an error, never a
-    silent reshape.
+    ``ITKReader`` reads one DICOM file as a 3D image with one slice; this drops that axis. A MetaTensor
+    keeps its 4 x 4 affine, as a 2D NIfTI slice has one: the slice's position (the z row, e.g.
+    ImagePositionPatient and the slice thickness of a DICOM file) stays known, so outputs written from
+    the slice lie where the input lies. Anything else is an error, never a silent reshape.
 
     Raises:
         ValueError: when the image is neither ``(C, X, Y)`` nor ``(C, X, Y, 1)``.
@@ -69,7 +70,7 @@ class EnsureSlice2D(Transform):
         if len(shape) == 3:
             return img
         if len(shape) == 4 and shape[-1] == 1:
-            return SqueezeDim(dim=-1, update_meta=True)(img)
+            return SqueezeDim(dim=-1, update_meta=False)(img)  # update_meta would drop the affine's z row
         name = ""
         meta = getattr(img, "meta", None)
         if meta is not None and meta.get("filename_or_obj"):

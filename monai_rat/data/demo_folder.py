@@ -54,7 +54,10 @@ def build_folder_atomically(final: Path, what: str, tmp_prefix: str, build: Call
 
 
 def load_demo_datalist(folder: Path, path_keys: Sequence[str] = ("image", "label")) -> dict:
-    """Read a demo folder's ``datalist.json`` (relative paths) as absolute paths; ``test`` = ``validation``.
+    """Read a demo folder's ``datalist.json`` (relative paths) as absolute paths.
+
+    A folder whose datalist has no "test" split gets ``test`` = ``validation`` (and then no scores
+    computed on "test" are held out).
 
     Args:
         folder: the demo folder.
@@ -64,7 +67,8 @@ def load_demo_datalist(folder: Path, path_keys: Sequence[str] = ("image", "label
         rel = json.load(f)
     out = {
         split: [{**item, **{k: str(folder / item[k]) for k in path_keys}} for item in rel[split]]
-        for split in ("training", "validation")
+        for split in ("training", "validation", "test")
+        if split in rel
     }
-    out["test"] = copy.deepcopy(out["validation"])
+    out.setdefault("test", copy.deepcopy(out["validation"]))
     return out

@@ -2,7 +2,9 @@
 
 The output keeps every tag of the source file (patient, study, geometry, window ...) except:
 new ``SeriesInstanceUID`` (one per source series and writer) and ``SOPInstanceUID``
-(``pydicom.uid.generate_uid``), ``ImageType`` = ``DERIVED\\SECONDARY`` followed by the source's
+(``pydicom.uid.generate_uid``), a ``SeriesNumber`` of its own (the source's plus
+:data:`SERIES_NUMBER_OFFSET`, so that viewers that list series by number show the restored series
+beside the source, not as a second copy of it), ``ImageType`` = ``DERIVED\\SECONDARY`` followed by the source's
 remaining values, a ``SeriesDescription`` ending in "RAT restoration", ``DerivationDescription``,
 a ``SourceImageSequence`` pointing at the source slice, and uncompressed (explicit VR little endian)
 pixel data: ``stored = round((HU - RescaleIntercept) / RescaleSlope)`` with the source's slope,
@@ -23,11 +25,15 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_numpy
 
-__all__ = ["write_dicom_slice", "SaveAsDICOM", "SaveAsDICOMd", "SaveAsDICOMD", "SaveAsDICOMDict"]
+__all__ = ["write_dicom_slice", "SaveAsDICOM", "SaveAsDICOMd", "SaveAsDICOMD", "SaveAsDICOMDict", "SERIES_NUMBER_OFFSET"]
 
 logger = logging.getLogger(__name__)
 
 _DESCRIPTION = "RAT restoration"
+
+#: a derived series is numbered ``source SeriesNumber + SERIES_NUMBER_OFFSET`` (``SERIES_NUMBER_OFFSET``
+#: when the source has none), the convention of scanners' derived series (e.g. 2 -> 1002).
+SERIES_NUMBER_OFFSET = 1000
 
 
 def write_dicom_slice(
@@ -36,6 +42,7 @@ def write_dicom_slice(
     output_path: str | os.PathLike,
     series_instance_uid: str | None = None,
     series_description: str = _DESCRIPTION,
+    series_number: int | None = None,
 ) -> dict:
     """Write one slice in HU as DICOM, with the header of ``source``.
 
@@ -47,13 +54,16 @@ def write_dicom_slice(
             UID for all slices of one series.
         series_description: appended to the source's SeriesDescription (the result is cut to the
             64 characters DICOM allows), default "RAT restoration".
+        series_number: the new SeriesNumber (default: the source's plus :data:`SERIES_NUMBER_OFFSET`);
+            it must differ from the source's.
 
     Returns:
-        ``{"path", "sop_instance_uid", "series_instance_uid", "num_clipped"}``.
+        ``{"path", "sop_instance_uid", "series_instance_uid", "series_number", "num_clipped"}``.
 
     Raises:
         ValueError: when ``hu`` is not 2D, does not match the source's Rows x Columns (both shapes
-            named), holds NaN or inf, or the source is not an uncompressed-writable grayscale image.
+            named), holds NaN or inf, the source is not an uncompressed-writable grayscale image, or
+            ``series_number`` equals the source's SeriesNumber.
         FileNotFoundError: when ``source`` does not exist.
     """
     import pydicom
@@ -101,6 +111,15 @@ def write_dicom_slice(
     sop_uid = generate_uid()
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    src_number = _series_number(ds)
+    if series_number is None:
+        series_number = (src_number or 0) + SERIES_NUMBER_OFFSET
+    elif src_number is not None and int(series_number) == src_number:
+        raise ValueError(
+            f"write_dicom_slice: series_number {series_number} is the SeriesNumber of the source {str(source)!r}; "
+            "a derived series needs a number of its own."
+        )
+    ds.SeriesNumber = int(series_number)
     image_type = list(ds.get("ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY"] + [str(v) for v in image_type[2:]]
     old = str(ds.get("SeriesDescription", "") or "").strip()
@@ -135,7 +154,16 @@ def write_dicom_slice(
         if tmp.exists():
             tmp.unlink()
     return {"path": str(output_path), "sop_instance_uid": sop_uid, "series_instance_uid": str(ds.SeriesInstanceUID),
-            "num_clipped": clipped}
+            "series_number": int(ds.SeriesNumber), "num_clipped": clipped}
+
+
+def _series_number(ds) -> int | None:
+    """The dataset's SeriesNumber as an int (None when absent or empty)."""
+    value = ds.get("SeriesNumber", None)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _save_as(ds, path) -> None:
@@ -157,7 +185,8 @@ class SaveAsDICOM(Transform):
     slice with no matching file is an error, never a guess. Output:
     ``<output_dir>/<PatientID>/<source series folder name>_<output_postfix>/<source file stem>.dcm``.
     All slices of one source series get the same new SeriesInstanceUID (derived from the source
-    series UID and ``series_uid_seed``), each slice a new SOPInstanceUID.
+    series UID and ``series_uid_seed``) and the same new SeriesNumber (the source's plus
+    :data:`SERIES_NUMBER_OFFSET`), each slice a new SOPInstanceUID.
 
     Args:
         output_dir: the output folder.

@@ -97,8 +97,8 @@ class LoadImageChecked(LoadImage):
 
     Raises:
         FileNotFoundError: at call time, when the file does not exist (it is named).
-        ValueError: at call time, when the file cannot be read (it is named, with the reader's error
-            chained as the cause).
+        ValueError: at call time, when the file is empty (0 bytes; no reader is tried) or cannot be read
+            (it is named, with the reader's error chained as the cause).
     """
 
     def __call__(self, filename: Sequence[Any] | Any, reader: Any = None):
@@ -116,6 +116,13 @@ class LoadImageChecked(LoadImage):
 
 
 def _load_naming_file(load: Any, filename: Any, reader: Any):
+    names = [str(f) for f in filename] if isinstance(filename, (list, tuple)) else [str(filename)]
+    empty = [n for n in names if os.path.isfile(n) and os.path.getsize(n) == 0]
+    if empty:  # every reader would fail on it, some slowly (ITK, then pydicom ...)
+        raise ValueError(
+            f"Cannot read {empty[0]!r}: the file is empty (0 bytes; an interrupted copy or download?). Replace it, or "
+            "leave it out."
+        )
     try:
         return load(filename, reader)
     except Exception as e:

@@ -12,7 +12,7 @@ The paper trains the 2D RAT on slices of 3D PET volumes with the air-only slices
 - :class:`PETSliceDataset` loads every listed pair once, slices it with :class:`VolumeToSlicesd` and
   serves the kept slices, from memory (float32, about 2 x 320 KB per 192 x 416 slice pair) or, with
   ``cache_dir``, from an on-disk store of uncompressed ``.npy`` files read as memory maps (the PET
-  bundle uses one under ``cache/slices`` whenever a ``dataset_dir`` is given).
+  bundle uses one under ``<user cache>/pet/slices`` whenever a ``dataset_dir`` is given).
 """
 
 from __future__ import annotations
@@ -117,19 +117,26 @@ def pet_datalist(
     val_patients: Sequence[str] | None = None,
     val_fraction: float = 25 / 115,
     seed: int = 0,
+    test_patients: Sequence[str] | None = None,
+    test_fraction: float = 0.0,
     **kwargs,
 ) -> dict:
     """The PET datalist: the built-in demo volumes, a folder of paired NIfTI volumes, or a datalist JSON.
 
     - ``dataset_dir`` None or "": the demo (:func:`monai_rat.data.make_pet_demo`, built once under
-      ``cache_dir``; ``kwargs`` go to it); the log says so.
+      ``cache_dir``; ``kwargs`` go to it; three splits by anatomy); the log says so.
     - a folder: :func:`pet_volume_pairs` (``low_dose/`` and ``full_dose/`` with the same file names),
-      split by patient: ``val_patients`` when given, else a seeded random ``val_fraction`` of the
-      patients (default 25 / 115, the paper's 90 / 25 split; at least one patient each side).
-    - a ``.json`` file: a MONAI datalist with "training" and "validation" of volume pairs
-      (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is. Pairs of NIfTI
-      files are checked like a folder's (headers only: readable, 3D, same shape); other formats
-      are checked when :class:`PETSliceDataset` loads them.
+      split by patient. "test": ``test_patients`` when given, else a seeded random ``test_fraction`` of
+      the patients (default 0: no test split). "validation": ``val_patients`` when given (none of them a
+      test patient), else a seeded random ``val_fraction`` of all patients (default 25 / 115, the
+      paper's 90 / 25 split), drawn from the patients not in "test"; at least one patient each in
+      training and validation. Without a test split, "test" is the validation list and a WARNING says
+      that scores on it are not held out from checkpoint choice.
+    - a ``.json`` file: a MONAI datalist with "training", "validation" and optionally "test" of volume
+      pairs (:func:`monai_rat.data.load_paired_datalist`); its split is used as it is (without "test",
+      "test" = "validation", with the same WARNING). Pairs of NIfTI files are checked like a folder's
+      (headers only: readable, 3D, same shape); other formats are checked when
+      :class:`PETSliceDataset` loads them.
 
     Memoised per process and arguments (a deep copy is returned).
 
@@ -137,39 +144,53 @@ def pet_datalist(
         dataset_dir: None / "" (demo), a folder, or a datalist ``.json``.
         cache_dir: where the demo is built (default ``$MONAI_RAT_CACHE`` or ``~/.cache/monai_rat``).
         val_patients: patient names (file names without extension) for validation (folder only).
-        val_fraction: share of patients for validation when ``val_patients`` is None (folder only),
+        val_fraction: share of all patients for validation when ``val_patients`` is None (folder only),
             in (0, 1).
-        seed: seed of the random patient split (folder only).
+        seed: seed of the random patient splits (folder only).
+        test_patients: patient names for the test split (folder only).
+        test_fraction: share of patients for test when ``test_patients`` is None (folder only), in
+            [0, 1); 0 (default): no test split.
         kwargs: passed to :func:`monai_rat.data.make_pet_demo` (demo only).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}`` of ``{"image", "label", "name"}``
-        items ("test" = validation).
+        items (the demo's also carry "source" and "anatomy").
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` or a listed file does not exist.
         ValueError: for unpaired or mismatched volumes or an unreadable NIfTI header (the files are
-            named), an unknown name in ``val_patients``, a split that leaves a side empty, or ``kwargs``
+            named), an unknown name in ``val_patients`` or ``test_patients``, a patient in both, a
+            fraction out of range, a split that leaves training or validation empty, or ``kwargs``
             given for real data.
     """
-    key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed),
-           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    key = (str(dataset_dir), str(cache_dir), repr(val_patients), float(val_fraction), int(seed), repr(test_patients),
+           float(test_fraction), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))  # fmt: skip
     if key not in _MEMO:
-        _MEMO[key] = _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs)
+        _MEMO[key] = _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, test_patients, test_fraction, **kwargs)
     return copy.deepcopy(_MEMO[key])
 
 
-def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kwargs) -> dict:
+def _warn_no_test(where: str, how: str) -> None:
+    logger.warning(
+        "PET data: %s has no test split, so \"test\" = \"validation\": scores on \"test\" are NOT held out from "
+        "checkpoint choice (the best checkpoint is picked on the same volumes). %s", where, how,
+    )
+
+
+def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, test_patients, test_fraction, **kwargs) -> dict:
+    import json
+
     from monai_rat.data.datalist import load_paired_datalist
     from monai_rat.data.pet_demo import make_pet_demo
 
     if dataset_dir is None or str(dataset_dir).strip() == "":
         out = make_pet_demo(cache_dir, **kwargs)
         logger.warning(
-            "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation patients, simulated "
-            "low-count PET at DRF %s from pydicom's MR_small.dcm and the Shepp-Logan phantom; see "
-            "monai_rat.data.make_pet_demo). To train on real data pass --dataset_dir with %s.",
-            len(out["training"]), len(out["validation"]), kwargs.get("dose_reduction_factor", 12), PET_DATA_HINT,
+            "No dataset_dir given: using the built-in PET DEMO data (%d training / %d validation / %d test patients, split "
+            "by anatomy; simulated low-count PET at DRF %s from textured activity phantoms, the Shepp-Logan phantom, and "
+            "pydicom's JPEG2000.dcm bone scan (validation) and MR_small.dcm (test); see monai_rat.data.make_pet_demo). "
+            "To train on real data pass --dataset_dir with %s.",
+            len(out["training"]), len(out["validation"]), len(out["test"]), kwargs.get("dose_reduction_factor", 12), PET_DATA_HINT,
         )
         return out
     if kwargs:
@@ -177,11 +198,16 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
     path = Path(dataset_dir).expanduser()
     if path.suffix.lower() == ".json":
         out = load_paired_datalist(path)
-        for split in ("training", "validation"):
+        for split in ("training", "validation", "test"):
             for i, it in enumerate(out[split]):
                 if all(str(it[k]).lower().endswith(_NIFTI) for k in ("image", "label")):  # other formats: at load
                     _check_nifti_pair(f"{str(path)!r}: item {i} of {split!r}", it["image"], it["label"])
-        logger.info("PET data: datalist %s: %d training / %d validation volumes.", path, len(out["training"]), len(out["validation"]))
+        with open(path) as f:
+            has_test = "test" in json.load(f)
+        logger.info("PET data: datalist %s: %d training / %d validation / %d test volumes.",
+                    path, len(out["training"]), len(out["validation"]), len(out["test"]))
+        if not has_test:
+            _warn_no_test(f"datalist {str(path)!r}", 'Add a "test" list of held-out volumes to the JSON.')
         return out
     if not path.is_dir():
         raise FileNotFoundError(
@@ -190,29 +216,44 @@ def _pet_datalist(dataset_dir, cache_dir, val_patients, val_fraction, seed, **kw
         )
     items = pet_volume_pairs(path)
     names = [it["name"] for it in items]
-    if val_patients is not None:
-        unknown = sorted(set(val_patients) - set(names))
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    for what, given in (("test_patients", test_patients), ("val_patients", val_patients)):
+        unknown = sorted(set(given or ()) - set(names))
         if unknown:
-            raise ValueError(f"pet_datalist: `val_patients` {unknown} are not in {str(path)!r} (patients: {names}).")
+            raise ValueError(f"pet_datalist: `{what}` {unknown} are not in {str(path)!r} (patients: {names}).")
+    if test_patients is not None:
+        test = set(test_patients)
+    else:
+        if not 0 <= float(test_fraction) < 1:
+            raise ValueError(f"pet_datalist: `test_fraction` must be in [0, 1), got {test_fraction!r}.")
+        test = set(order[: max(1, int(round(test_fraction * len(order))))]) if test_fraction > 0 else set()
+    if val_patients is not None:
+        both = sorted(set(val_patients) & test)
+        if both:
+            raise ValueError(f"pet_datalist: patient(s) {both} are in both validation and test; a test patient must be held out.")
         val = set(val_patients)
     else:
         if not 0 < float(val_fraction) < 1:
             raise ValueError(f"pet_datalist: `val_fraction` must be in (0, 1), got {val_fraction!r}.")
-        order = list(names)
-        random.Random(seed).shuffle(order)
-        val = set(order[: max(1, int(round(val_fraction * len(order))))])
+        rest = [n for n in order if n not in test]
+        val = set(rest[: max(1, int(round(val_fraction * len(order))))])
     out = {
-        "training": [it for it in items if it["name"] not in val],
+        "training": [it for it in items if it["name"] not in val | test],
         "validation": [it for it in items if it["name"] in val],
+        "test": [it for it in items if it["name"] in test],
     }
     if not out["training"] or not out["validation"]:
         raise ValueError(
             f"pet_datalist: the patient split of {len(items)} patient(s) in {str(path)!r} leaves "
-            f"{len(out['training'])} for training and {len(out['validation'])} for validation; both need >= 1."
+            f"{len(out['training'])} for training, {len(out['validation'])} for validation and {len(out['test'])} for "
+            "test; training and validation both need >= 1."
         )
-    out["test"] = copy.deepcopy(out["validation"])
-    logger.info("PET data: %s: %d training / %d validation patients (validation: %s).",
-                path, len(out["training"]), len(out["validation"]), sorted(val))
+    logger.info("PET data: %s: %d training / %d validation / %d test patients (validation: %s; test: %s).",
+                path, len(out["training"]), len(out["validation"]), len(out["test"]), sorted(val), sorted(test))
+    if not test:
+        out["test"] = copy.deepcopy(out["validation"])
+        _warn_no_test(str(path), "Pass test_patients=[...] or test_fraction=... to hold patients out for the test split.")
     return out
 
 
@@ -369,6 +410,12 @@ class PETSliceDataset:
     ``RandSpatialCropd`` would otherwise return a smaller patch without a word and the batch would fail
     (or train on mixed sizes) later. Nothing is padded.
 
+    Every pair is checked as it is loaded, before any training (:func:`monai_rat.data.pair_problems`):
+    both files readable, finite values in both (a NaN in the full-dose label would make every loss
+    NaN), the same shape and the same grid (affine: spacing, axes, origin within 0.1 voxel). A bad
+    pair raises ``ValueError`` naming both files; with ``skip_bad=True`` it is left out instead, logged
+    (WARNING) with its files and reason and counted in ``counts["skipped_bad"]``.
+
     Args:
         data: items ``{"image": low_dose_path, "label": full_dose_path, ...}`` (e.g. a split of
             :func:`pet_datalist`).
@@ -380,10 +427,13 @@ class PETSliceDataset:
         min_size: the smallest allowed slice, ``(H, W)`` in the sliced volume's axis order or one int
             for both (e.g. the training ``patch_size``); ``None`` (default): no check.
         cache_dir: a folder for the on-disk slice store (see above); ``None`` (default): in memory.
+        skip_bad: leave bad pairs out (each logged and counted) instead of raising (the bundles'
+            ``--skip_bad_pairs``).
 
     Raises:
         ValueError: as :class:`VolumeToSlicesd` (e.g. the two volumes of a pair differ in shape; both
             files are named), when a file cannot be read (named, the reader's error chained), when a
+            pair holds NaN or infinite values or its volumes are not on the same grid, when a
             volume's slices are smaller than ``min_size``, when ``min_size`` is not one or two positive
             ints, or when no slice is left at all.
         FileNotFoundError: when a listed file does not exist (it is named).
@@ -399,6 +449,7 @@ class PETSliceDataset:
         reference_key: str = "label",
         min_size: int | Sequence[int] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        skip_bad: bool = False,
     ) -> None:
         import torch
         from monai.transforms import EnsureTyped
@@ -415,11 +466,21 @@ class PETSliceDataset:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.slices: list[dict] = []
         self.counts = {"volumes": 0, "slices_total": 0, "kept": 0, "dropped_air": 0}
+        if skip_bad:
+            self.counts["skipped_bad"] = 0
         for item in data:
-            loaded = to_float(load(dict(item)))
-            slices = slicer(loaded)  # checks the volumes' dimensions and shapes
-            if self.min_size is not None:
-                self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            try:
+                loaded = to_float(load(dict(item)))
+                slices = slicer(loaded)  # checks the volumes' dimensions and shapes
+                self._check_pair(loaded, item)  # finite values, same grid
+                if self.min_size is not None:
+                    self._check_size(loaded[reference_key].shape, slicer.axis, item)
+            except (ValueError, OSError) as e:  # each names its files
+                if not skip_bad:
+                    raise
+                logger.warning("PETSliceDataset: skipping a bad pair (skip_bad_pairs): %s", e)
+                self.counts["skipped_bad"] += 1
+                continue
             if self.cache_dir is not None and slices:
                 slices = self._store(slices, item, (slicer.axis, air_threshold, reference_key))
             del loaded
@@ -429,9 +490,10 @@ class PETSliceDataset:
             self.counts["dropped_air"] += slicer.last_counts["dropped_air"]
         self.counts["slices_total"] = self.counts["kept"] + self.counts["dropped_air"]
         logger.info(
-            "PETSliceDataset: %d volumes, %d slices along axis %d: kept %d, dropped %d air-only (threshold %g x volume max).",
+            "PETSliceDataset: %d volumes, %d slices along axis %d: kept %d, dropped %d air-only (threshold %g x volume max)%s.",
             self.counts["volumes"], self.counts["slices_total"], slicer.axis, self.counts["kept"],
             self.counts["dropped_air"], air_threshold,
+            f"; skipped {self.counts['skipped_bad']} bad pair(s) (skip_bad_pairs)" if self.counts.get("skipped_bad") else "",
         )
         if not self.slices:
             raise ValueError(f"PETSliceDataset: no slice left of {self.counts['volumes']} volume(s) ({self.counts}).")
@@ -458,6 +520,18 @@ class PETSliceDataset:
                 ref[k] = _StoredSlice(str(path), i, j, s[k].affine, dict(s[k].meta))
             out.append(ref)
         return out
+
+    def _check_pair(self, loaded: Mapping, item: Mapping) -> None:
+        from monai_rat.data.pair_check import pair_problems
+
+        keys = [k for k in self.keys if k in loaded]
+        problems = pair_problems(loaded, keys) if len(keys) > 1 else []
+        if problems:
+            files = ", ".join(repr(str(item[k])) for k in keys)
+            raise ValueError(
+                f"PETSliceDataset: bad pair {files}, found before training started: {'; '.join(problems)}. Fix or remove "
+                "it, or pass --skip_bad_pairs true to leave bad pairs out."
+            )
 
     def _check_size(self, shape: Sequence[int], axis: int, item: Mapping) -> None:
         in_plane = tuple(int(n) for i, n in enumerate(shape[1:]) if i != axis)
@@ -503,4 +577,6 @@ class _StoredSlice:
         from monai.data import MetaTensor
 
         arr = np.load(self.path, mmap_mode="r")[self.index, self.key_index]
-        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=dict(self.meta))
+        meta = dict(self.meta)
+        meta.pop("affine", None)  # given once, as `affine` (MONAI warns when the meta holds one too)
+        return MetaTensor(torch.from_numpy(np.array(arr)), affine=self.affine, meta=meta)

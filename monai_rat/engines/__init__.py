@@ -1,25 +1,47 @@
 """Engine-side helpers for the monai-rat bundles: region-aware loss adapter, atomic resumable checkpoints,
-metric logs, schedule selection and a one-input network view for MONAI's bundle tools."""
+metric logs, evaluation baselines and panels, schedule selection and a one-input network view for MONAI's bundle tools."""
 
-from monai_rat.engines.checkpoint import AtomicCheckpointSaver, atomic_torch_save
+import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
+from monai_rat.engines.baselines import ClassicalBaselines
+from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader, atomic_torch_save
+from monai_rat.engines.guards import NonFiniteLossGuard, batch_files
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
+from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
+from monai_rat.engines.panels import RestorationPanels
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import default_amp_dtype, select_schedule, validation_rounds
+from monai_rat.engines.schedule import (
+    WarmupCosine,
+    default_amp_dtype,
+    select_schedule,
+    validation_rounds,
+    warmup_cosine_schedule,
+)
+from monai_rat.engines.tensorboard import TensorBoardValidationImages
 
 __all__ = [
     "ApplyToKindsd",
     "CopyMetad",
+    "InferenceManifest",
+    "InferenceProgress",
     "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
+    "ClassicalBaselines",
+    "NonFiniteLossGuard",
     "MetricsHistory",
     "MetricsSummary",
     "RegionLossAdapter",
     "RegionMapNetwork",
+    "RestorationPanels",
+    "TensorBoardValidationImages",
     "atomic_torch_save",
+    "batch_files",
     "default_amp_dtype",
     "file_kind",
     "inference_datalist",
     "select_schedule",
     "validation_rounds",
+    "WarmupCosine",
+    "warmup_cosine_schedule",
 ]

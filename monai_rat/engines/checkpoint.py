@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.handlers import CheckpointLoader
 
-__all__ = ["AtomicCheckpointSaver", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointSaver", "CheckedCheckpointLoader", "atomic_torch_save", "checkpoint_fit_problems"]
 
 #: LR-scheduler state entries that record progress; every other entry (T_max, eta_min, base_lrs ...) is
 #: configuration, which a resumed run takes from its current config.
@@ -53,6 +54,19 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         raise
 
 
+def _non_finite_details(engine: Any, name: str) -> tuple[int, int] | None:
+    """(non-finite count, total) of the per-image values of metric ``name``, when any is non-finite."""
+    details = (getattr(engine.state, "metric_details", None) or {}).get(name)
+    if details is None:
+        return None
+    try:
+        values = torch.as_tensor(details).float().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    bad = int((~torch.isfinite(values)).sum())
+    return (bad, int(values.numel())) if bad else None
+
+
 class AtomicCheckpointSaver:
     """Save ``{name: obj.state_dict()}`` to one fixed file, atomically; optionally resume from it.
 
@@ -70,7 +84,9 @@ class AtomicCheckpointSaver:
       config, so a longer schedule continues on its new cosine curve (closed form at the resumed iteration)
       instead of restarting it.
     - **best** (attach to the evaluator, ``key_metric_name`` set): saves when the metric improves on the
-      best seen so far; its own best value is kept in ``state_dict()`` so it survives a resume when this
+      best seen so far, never when it is NaN or infinite or when any image's value is (MONAI's mean leaves
+      non-finite values out, so an all-NaN validation reads 0.0); its own best value is kept in
+      ``state_dict()`` so it survives a resume when this
       saver is listed in the last-checkpoint's ``save_dict``.
 
     Only rank 0 writes; every rank loads.
@@ -242,6 +258,15 @@ class AtomicCheckpointSaver:
         if self.key_metric_name not in metrics:
             raise KeyError(f"Key metric {self.key_metric_name!r} not among the evaluator's metrics {list(metrics)}.")
         value = self.sign * float(metrics[self.key_metric_name])
+        bad = _non_finite_details(engine, self.key_metric_name)
+        if not math.isfinite(value) or bad:
+            why = f"{self.key_metric_name} = {value * self.sign}" if not math.isfinite(value) else (
+                f"{bad[0]} of {bad[1]} validation images gave a non-finite {self.key_metric_name} (left out of its mean)"
+            )
+            self.logger.warning(
+                f"Round {engine.state.epoch}: {why}; a non-finite metric is never a best, {self.path} is not updated."
+            )
+            return
         if value > self.best_metric:
             self.best_metric, self.best_epoch = value, int(engine.state.epoch)
             self.save(engine)
@@ -285,8 +310,12 @@ class AtomicCheckpointSaver:
                     )
                     sched = objects[k]
                     sched.load_state_dict({**loaded, **{n: conf[n] for n in changed}})
+                    lrs = None
                     if hasattr(sched, "_get_closed_form_lr"):  # put the lr on the new curve (e.g. cosine)
                         lrs = sched._get_closed_form_lr()
+                    elif isinstance(sched, torch.optim.lr_scheduler.LambdaLR):  # warmup_cosine_schedule
+                        lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+                    if lrs is not None:
                         for group, lr in zip(sched.optimizer.param_groups, lrs):
                             group["lr"] = lr
                         sched._last_lr = list(lrs)
@@ -305,3 +334,185 @@ class AtomicCheckpointSaver:
             f"Resumed from {self.path} at iteration {engine.state.iteration} (round {engine.state.epoch} of "
             f"{engine.state.max_epochs})."
         )
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def checkpoint_fit_problems(state: Mapping[str, Any], module: torch.nn.Module) -> str | None:
+    """How a state dict does not fit ``module`` (``None`` when it fits): shape mismatches, missing and unexpected keys.
+
+    Args:
+        state: a state dict (name -> tensor).
+        module: the module it should load into.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = [  # PyTorch's words, so that a search for its error finds this one
+        f"size mismatch for {len(wrong)} tensor(s), e.g. {wrong[0]}" if wrong else "",
+        f"Missing key(s): {len(missing)} of the network's tensors are not in the checkpoint, e.g. {missing[0]!r}"
+        if missing else "",
+        f"Unexpected key(s): {len(unexpected)} tensor(s) the network does not have, e.g. {unexpected[0]!r}"
+        if unexpected else "",
+    ]  # fmt: skip
+    parts = [p for p in parts if p]
+    return "; ".join(parts) if parts else None
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` whose failures name the checkpoint file and say what is wrong with it.
+
+    MONAI's handler raises ``torch.load``'s ``PytorchStreamReader failed reading zip archive`` for a
+    truncated file and a page of ``size mismatch for ...`` lines for a checkpoint of another network
+    size, neither naming the file. This one loads the same way (same arguments) and, when that
+    fails, raises one of:
+
+    - ``FileNotFoundError``: no file at ``load_path`` (named, with what to pass instead);
+    - ``ValueError``: the file is not a complete PyTorch checkpoint (truncated, empty or another kind
+      of file; its size is given), or its tensors do not fit the network (how many, one example with
+      both shapes, and the settings to pass: ``network_name``, ``feature_size``, ``network_kwargs``);
+    - ``monai_rat.networks.CheckpointMismatchError`` (a ``ValueError``), before loading: the file records
+      another network (:mod:`monai_rat.networks.record`) than the one the config builds; the record's
+      ``--network_name`` / ``--feature_size`` / ``--network_kwargs`` are given.
+
+    When the engine is already told to stop (an inference that is complete), nothing is loaded.
+
+    Args:
+        load_path: the checkpoint file.
+        load_dict: ``{name: object}`` to load into.
+        kwargs: more ``monai.handlers.CheckpointLoader`` arguments (``map_location``, ``strict`` ...).
+
+    Raises:
+        FileNotFoundError: at load time, when ``load_path`` does not exist.
+        ValueError: at load time, when the file is unreadable or does not fit the network.
+    """
+
+    def __init__(self, load_path: str, load_dict: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, load_dict=dict(load_dict), **kwargs)
+
+    def __call__(self, engine: Any) -> None:
+        """Load the checkpoint as ``CheckpointLoader`` does; on failure, raise naming the file.
+
+        Args:
+            engine: the engine starting.
+
+        Raises:
+            FileNotFoundError: when the file does not exist.
+            ValueError: when it is unreadable or does not fit the network.
+        """
+        if engine is not None and getattr(engine, "should_terminate", False):
+            return  # the run ends before it starts (e.g. an inference that is already complete)
+        problem = _precheck(self.load_path, self.load_dict)
+        if problem is not None:  # raised here, not from a failed load: no page of PyTorch's lines above it
+            raise problem
+        try:
+            super().__call__(engine)
+        except Exception as e:
+            raise _checkpoint_error(self.load_path, self.load_dict, e) from e
+
+
+def _record_of(module: Any) -> dict | None:
+    """The network record of ``module`` or of the network it wraps (``.network``, ``.module``), if any."""
+    for _ in range(8):
+        if module is None:
+            return None
+        record = getattr(module, "network_record", None)
+        if record is not None:
+            return dict(record)
+        module = getattr(module, "network", None) or getattr(module, "module", None)
+    return None
+
+
+def _first_width(state: Mapping[str, Any]) -> int | None:
+    for v in state.values():
+        if hasattr(v, "ndim") and v.ndim == 4:
+            return int(v.shape[0])
+    return None
+
+
+def _precheck(path: Any, load_dict: Mapping[str, Any]) -> Exception | None:
+    """The error for a readable checkpoint that does not fit, found before loading it (``None`` when it fits).
+
+    A ``CheckpointMismatchError`` when the file records another network than the one it is loaded into;
+    else :func:`_checkpoint_error`'s ``ValueError`` when its tensors do not fit. Missing and unreadable
+    files are left to the load (and :func:`_checkpoint_error`).
+    """
+    from monai_rat.networks.record import CheckpointMismatchError, _plain, describe_record, read_network_record
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - reported by the load itself
+        return None
+    if not isinstance(checkpoint, Mapping):
+        return None
+    k = next(iter(load_dict))
+    if len(load_dict) == 1 and k not in checkpoint:
+        checkpoint = {k: checkpoint}
+    fields = ("name", "feature_size", "network_kwargs", "in_channels", "out_channels")
+    flags = {"name": "--network_name", "feature_size": "--feature_size", "network_kwargs": "--network_kwargs"}
+    for name, obj in load_dict.items():
+        if not isinstance(obj, torch.nn.Module) or not isinstance(checkpoint.get(name), Mapping):
+            continue
+        saved, mine = read_network_record(checkpoint[name]), _record_of(obj)
+        if saved and mine and any(_plain(saved.get(f)) != _plain(mine.get(f)) for f in fields):
+            fix = " ".join(f"{flags[f]} {saved.get(f)!r}" for f in flags if _plain(saved.get(f)) != _plain(mine.get(f)))
+            return CheckpointMismatchError(
+                f"ckpt_path: {path!r} holds {describe_record(saved)} and does not fit the network the config builds, "
+                f"{describe_record(mine)}: " + (f"pass {fix}" if fix else "it is for images of other channels")
+                + ", or another --ckpt_path."
+            )
+        if checkpoint_fit_problems(checkpoint[name], obj):
+            return _checkpoint_error(path, load_dict, RuntimeError("the checkpoint does not fit the network"))
+    return None
+
+
+def _checkpoint_error(path: Any, load_dict: Mapping[str, Any], err: BaseException) -> Exception:
+    path = os.fspath(path)
+    hint = (
+        "pass the network_name, feature_size and network_kwargs of the run that trained it (e.g. --feature_size 16 "
+        "for a demo checkpoint), or another --ckpt_path"
+    )
+    if not os.path.isfile(path):
+        return FileNotFoundError(
+            f"ckpt_path: there is no checkpoint file {path!r}{' (it is a folder)' if os.path.isdir(path) else ''}; train "
+            "a model first or pass --ckpt_path /path/to/model.pt."
+        )
+    size = os.path.getsize(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, empty file, not a torch file
+        return ValueError(
+            f"ckpt_path: {path!r} is not a complete PyTorch checkpoint ({size} bytes; {type(e).__name__}: "
+            f"{_first_line(e)}); it may be truncated by an interrupted copy or save. Pass a complete file with --ckpt_path."
+        )
+    if isinstance(checkpoint, Mapping):
+        k = next(iter(load_dict))
+        if len(load_dict) == 1 and k not in checkpoint:
+            checkpoint = {k: checkpoint}
+        for name, obj in load_dict.items():
+            if isinstance(obj, torch.nn.Module) and isinstance(checkpoint.get(name), Mapping):
+                why = checkpoint_fit_problems(checkpoint[name], obj)
+                if why:
+                    from monai_rat.networks.record import read_network_record
+
+                    width = _first_width(checkpoint[name])
+                    unrecorded = "" if read_network_record(checkpoint[name]) else (
+                        " It records no network (saved by older code)"
+                        + (f"; its first convolution has {width} output channels (--feature_size {width}?)" if width else "")
+                        + "."
+                    )
+                    return ValueError(
+                        f"ckpt_path: {path!r} does not fit the network ({type(obj).__name__}): {why}.{unrecorded} It was "
+                        f"saved from a network built with other settings: {hint}."
+                    )
+    return RuntimeError(f"ckpt_path: cannot load {path!r} ({type(err).__name__}: {_first_line(err)}).")

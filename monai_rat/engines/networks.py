@@ -7,42 +7,28 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from monai_rat.networks.wrappers import BareStateDictWrapper
+
 __all__ = ["RegionMapNetwork", "WrappedRegionNetwork"]
 
 
-class WrappedRegionNetwork(nn.Module):
+class WrappedRegionNetwork(BareStateDictWrapper):
     """Base of the wrappers around ``network(x, regions)``: the bare network's weights, maps made per image.
 
-    ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no ``network.`` prefix), so a
-    wrapper loads and saves the same ``model.pt`` as the bare network.
+    ``state_dict`` / ``load_state_dict`` are the wrapped network's own (no ``network.`` prefix;
+    :class:`monai_rat.networks.wrappers.BareStateDictWrapper`), so a wrapper loads and saves the same
+    ``model.pt`` as the bare network.
 
     Args:
-        network: a module ``network(x, regions)``.
+        network: a module ``network(x, regions)`` (RAT, or a baseline wrapped by
+            :class:`monai_rat.networks.ImageOnly`, which ignores ``regions``).
     """
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
 
     @staticmethod
     def partition_each(partition: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` region maps of each image ``x[i]``, made on the CPU by ``partition``, on ``x``'s device."""
         maps = [torch.as_tensor(partition(x[i].detach().cpu())) for i in range(x.shape[0])]
         return torch.stack([m.as_tensor() if hasattr(m, "as_tensor") else m for m in maps]).to(x.device)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped network's ``state_dict`` (same keys as the bare network)."""
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load a bare network's ``state_dict`` into the wrapped network.
-
-        Args:
-            state_dict: the bare network's state dict.
-            strict: as ``torch.nn.Module.load_state_dict``.
-            assign: as ``torch.nn.Module.load_state_dict``.
-        """
-        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 class RegionMapNetwork(WrappedRegionNetwork):

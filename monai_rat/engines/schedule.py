@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CT_DATA_HINT", "default_amp_dtype", "select_schedule", "validation_rounds"]
+import torch
+
+__all__ = [
+    "CT_DATA_HINT",
+    "WarmupCosine",
+    "default_amp_dtype",
+    "select_schedule",
+    "validation_rounds",
+    "warmup_cosine_schedule",
+]
 
 logger = logging.getLogger("monai_rat.bundle")
 
@@ -93,3 +103,58 @@ def validation_rounds(num_iterations: int, val_interval: int) -> int:
             f"{next(d for d in range(v, 0, -1) if n % d == 0)}."
         )
     return n // v
+
+
+class WarmupCosine:
+    """The learning-rate factor of :func:`warmup_cosine_schedule` at an iteration (a picklable callable).
+
+    Args:
+        base_lr: the optimizer's learning rate (the peak).
+        warmup: linear warm-up iterations (0: none).
+        total: total iterations (the end of the cosine).
+        min_lr: the learning rate the cosine ends at.
+    """
+
+    def __init__(self, base_lr: float, warmup: int, total: int, min_lr: float) -> None:
+        self.base_lr, self.warmup, self.total, self.min_lr = float(base_lr), int(warmup), int(total), float(min_lr)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return (self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t))) / self.base_lr
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_iterations: int, num_iterations: int, min_learning_rate: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_iterations``, then cosine annealing to ``min_learning_rate``.
+
+    With no warm-up this is exactly ``torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=
+    num_iterations, eta_min=min_learning_rate)`` stepped once per iteration (the paper's schedule).
+    Why not MONAI's ``WarmupCosineSchedule``: it anneals to zero and clips at its ``end_lr`` instead of
+    annealing to it, which is not the paper's curve. Stepped once per iteration (``LrScheduleHandler``
+    with ``epoch_level=False``); the state (``last_epoch``) is saved and resumed with the checkpoint.
+
+    Args:
+        optimizer: the optimizer (one learning rate for all its parameter groups).
+        warmup_iterations: linear warm-up length (from ``lr / warmup`` up to ``lr``), >= 0.
+        num_iterations: total iterations, > ``warmup_iterations``.
+        min_learning_rate: the final learning rate, >= 0 and below the optimizer's.
+
+    Raises:
+        ValueError: when the lengths or rates are out of range.
+    """
+    base = optimizer.param_groups[0]["lr"]
+    if int(warmup_iterations) < 0 or int(num_iterations) <= int(warmup_iterations):
+        raise ValueError(
+            f"warmup_cosine_schedule: need 0 <= warmup_iterations < num_iterations, got warmup_iterations="
+            f"{warmup_iterations} and num_iterations={num_iterations}."
+        )
+    if not 0 <= float(min_learning_rate) < base:
+        raise ValueError(
+            f"warmup_cosine_schedule: min_learning_rate ({min_learning_rate}) must be >= 0 and below the learning rate ({base})."
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(base, int(warmup_iterations), int(num_iterations), float(min_learning_rate))
+    )

@@ -6,16 +6,15 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from monai_rat.networks.blocks.nafblock import NAFBlock
 from monai_rat.networks.blocks.rat_layer import ATTENTIONS, RATGroup
-from monai_rat.networks.blocks.region_attention import RegionAttention, RegionPlan
+from monai_rat.networks.blocks.region_attention import IMPLEMENTATIONS, RegionAttention, RegionPlan
+from monai_rat.networks.blocks.ushape import NAFUShape
 from monai_rat.utils import as_region_labels
 
-__all__ = ["RAT", "convert_reference_state_dict"]
+__all__ = ["RAT", "convert_reference_state_dict", "set_attention_impl"]
 
 REGION_MAP_HELP = (
     "Make one with monai_rat.transforms (SAM or superpixel partition of the low-quality input), "
@@ -23,7 +22,7 @@ REGION_MAP_HELP = (
 )
 
 
-class RAT(nn.Module):
+class RAT(NAFUShape):
     """Region Attention Transformer: a NAFNet U-shape whose latent features are refined by RAT layers.
 
     ``intro`` 3x3 conv -> encoder levels (NAFBlocks, 2x down-sampling conv doubling channels) ->
@@ -51,12 +50,16 @@ class RAT(nn.Module):
         mlp_ratio: MLP expansion (2.0).
         region_bias: cross-region logit of the reference R-MSA form (-1000).
         attention: ``"region"`` (R-MSA, the paper), ``"global"`` (MSA) or ``"window"`` (W-MSA): Table 4's ablation.
-        attention_impl: ``"fast"`` (default, exact, no N x N mask) or ``"reference"`` (dense mask) R-MSA.
+        attention_impl: R-MSA implementation: ``"fast"`` (default, exact; per region when eager, masked while
+            traced or exported), ``"regions"``, ``"masked"`` or ``"reference"`` (dense mask); see
+            :func:`set_attention_impl`.
         use_checkpoint: recompute each latent RAT group in the backward pass instead of keeping its
             activations (``torch.utils.checkpoint``, as MONAI's SwinUNETR offers): same gradients, about
             half the training memory at 256^2, some 15-30% more time per step. The latent groups hold most
             of the activations; the NAFBlocks are not checkpointed (cheap to keep, costly to recompute
             relative to what they save). Has no effect without autograd.
+        identity_init: zero-initialise the ``ending`` convolution so the untrained network is the
+            identity (default False, the paper's initialisation; True learns faster in short trainings).
 
     Raises:
         ValueError: for unsupported dimensions, channel counts, block lists or attention names.
@@ -79,64 +82,48 @@ class RAT(nn.Module):
         attention: str = "region",
         attention_impl: str = "fast",
         use_checkpoint: bool = False,
+        identity_init: bool = False,
     ) -> None:
-        super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"RAT is a 2D network: spatial_dims must be 2, got {spatial_dims}. Run volumes slice by slice.")
-        if in_channels != out_channels:
-            raise ValueError(
-                f"RAT adds its input to its output, so in_channels ({in_channels}) must equal out_channels ({out_channels})."
-            )
-        if len(enc_blocks) != len(dec_blocks):
-            raise ValueError(f"enc_blocks {tuple(enc_blocks)} and dec_blocks {tuple(dec_blocks)} must have the same length.")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}.")
         latent = feature_size * 2 ** len(enc_blocks)
         if latent % num_heads:
             raise ValueError(f"latent channels ({latent}) must be a multiple of num_heads ({num_heads}).")
-        self.in_channels = in_channels
+
+        def rat_groups(channels: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                [
+                    RATGroup(
+                        channels,
+                        layers_per_group,
+                        num_heads=num_heads,
+                        window_size=window_size,
+                        mlp_ratio=mlp_ratio,
+                        region_bias=region_bias,
+                        attention=attention,
+                        attention_impl=attention_impl,
+                    )
+                    for _ in range(num_groups)
+                ]
+            )
+
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            feature_size,
+            enc_blocks,
+            dec_blocks,
+            middle=rat_groups,
+            pad_multiple=2 ** len(enc_blocks) * window_size,
+            identity_init=identity_init,
+        )
         self.attention = attention
         self.use_checkpoint = use_checkpoint
-        self.scale = 2 ** len(enc_blocks)
-        self.pad_multiple = self.scale * window_size
-
-        self.intro = nn.Conv2d(in_channels, feature_size, 3, padding=1)
-        self.encoders = nn.ModuleList()
-        self.downs = nn.ModuleList()
-        c = feature_size
-        for n in enc_blocks:
-            self.encoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
-            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
-            c *= 2
-        self.middle_blks = nn.ModuleList(
-            [
-                RATGroup(
-                    c,
-                    layers_per_group,
-                    num_heads=num_heads,
-                    window_size=window_size,
-                    mlp_ratio=mlp_ratio,
-                    region_bias=region_bias,
-                    attention=attention,
-                    attention_impl=attention_impl,
-                )
-                for _ in range(num_groups)
-            ]
-        )
-        self.ups = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for n in dec_blocks:
-            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
-            c //= 2
-            self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
-        self.ending = nn.Conv2d(feature_size, out_channels, 3, padding=1)
 
     def set_attention_impl(self, implementation: str) -> "RAT":
-        """Switch every R-MSA between ``"fast"`` and ``"reference"`` (same weights, same outputs)."""
-        for m in self.modules():
-            if isinstance(m, RegionAttention):
-                m.implementation = implementation
-        return self
+        """Switch every R-MSA to ``implementation`` (same weights, same outputs); see :func:`set_attention_impl`."""
+        return set_attention_impl(self, implementation)
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         """Restore ``x``.
@@ -149,10 +136,7 @@ class RAT(nn.Module):
         Raises:
             ValueError: when ``x`` has the wrong shape or channels, or ``regions`` is missing or malformed.
         """
-        if hasattr(x, "as_tensor"):  # MONAI MetaTensor: tracking metadata through every layer only costs time
-            x = x.as_tensor()
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}.")
+        x = self.check_input(x)
         b, _, h, w = x.shape
         plan = None
         if self.attention == "region":
@@ -161,26 +145,13 @@ class RAT(nn.Module):
             labels = as_region_labels(regions, b, (h, w)).to(x.device)
             plan = RegionPlan.from_labels(self._latent_labels(labels))
 
-        ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
-        inp = x
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        def latent(y: torch.Tensor) -> torch.Tensor:
+            z = y
+            for group in self.middle_blks:
+                z = self._run(group, z, plan)
+            return z + y
 
-        y = self.intro(x)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            y = encoder(y)
-            skips.append(y)
-            y = down(y)
-        latent = y
-        for group in self.middle_blks:
-            y = self._run(group, y, plan)
-        y = y + latent
-        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            y = decoder(up(y) + skip)
-        y = self.ending(y) + x
-        return y[..., :h, :w] if (ph or pw) else y
+        return self.restore(x, latent)
 
     def _run(self, module: nn.Module, *args):
         if self.use_checkpoint and torch.is_grad_enabled():
@@ -194,6 +165,29 @@ class RAT(nn.Module):
         rows = torch.arange(0, hp, self.scale, device=labels.device).clamp_(max=h - 1)
         cols = torch.arange(0, wp, self.scale, device=labels.device).clamp_(max=w - 1)
         return labels[:, rows][:, :, cols]
+
+
+def set_attention_impl(network: nn.Module, implementation: str) -> nn.Module:
+    """Switch every R-MSA inside ``network`` to ``implementation``; return ``network``.
+
+    Works on any module (a wrapper around RAT, or a network without region attention, which is
+    returned unchanged). The implementations (:data:`~monai_rat.networks.blocks.region_attention.IMPLEMENTATIONS`)
+    give the same outputs: ``"fast"`` (default: per region when eager, the masked form while traced or
+    exported), ``"regions"``, ``"masked"`` and ``"reference"`` (the paper's dense additive mask).
+
+    Args:
+        network: any module.
+        implementation: ``"fast"``, ``"regions"``, ``"masked"`` or ``"reference"``.
+
+    Raises:
+        ValueError: for another ``implementation``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
+    for m in network.modules():
+        if isinstance(m, RegionAttention):
+            m.implementation = implementation
+    return network
 
 
 def convert_reference_state_dict(state_dict: Mapping) -> "OrderedDict[str, torch.Tensor]":

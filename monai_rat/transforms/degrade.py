@@ -50,6 +50,60 @@ class BicubicDegrade(Transform):
         self.antialias = bool(antialias)
         self.clip_range = clip_range
 
+    def _prepare(self, img):
+        import torch
+
+        from monai.data import MetaTensor
+
+        shape = tuple(getattr(img, "shape", ()))
+        if len(shape) != 3:
+            raise ValueError(f"BicubicDegrade expects a channel-first 2D image (C, H, W), got shape {shape}.")
+        h, w = shape[1:]
+        if min(h, w) < self.factor:
+            raise ValueError(f"BicubicDegrade: the image {shape} is smaller than the factor {self.factor} along a side.")
+        x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
+        xf = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        if not torch.isfinite(xf).all():
+            raise ValueError(f"BicubicDegrade: the image holds {int((~torch.isfinite(xf)).sum())} NaN or inf values (shape {shape}).")
+        return x, xf
+
+    def _down(self, xf):
+        import torch.nn.functional as F
+
+        h, w = xf.shape[1:]
+        return F.interpolate(xf[None], size=(h // self.factor, w // self.factor), mode="bicubic",
+                             align_corners=False, antialias=self.antialias)
+
+    @staticmethod
+    def _to_input_type(out, x, img):
+        import torch
+
+        if not torch.is_floating_point(x):  # integer image: round, and keep within the type (no wrap-around)
+            info = torch.iinfo(x.dtype)
+            out = out.round().clamp(info.min, info.max)
+        return convert_to_dst_type(out, img, dtype=getattr(img, "dtype", None))[0]
+
+    def downsample(self, img):
+        """The down-sampling step alone: the low-resolution image ``(C, floor(H / factor), floor(W / factor))``.
+
+        Exactly what :py:meth:`__call__` up-samples (the same call, before ``clip_range``, which applies to
+        the degraded output only), so super-resolution baselines can start from the image the degradation
+        made: ``ClassicalRestore("bicubic", factor)(downsample(x))`` equals ``BicubicDegrade(factor)(x)``
+        for float images whose sides are multiples of ``factor`` (otherwise the degradation up-samples
+        by a slightly different, non-integer ratio back to ``(H, W)``). A MetaTensor keeps its metadata (the affine is not rescaled).
+
+        Args:
+            img: channel-first ``(C, H, W)`` array or tensor.
+
+        Returns:
+            the low-resolution image, same type and dtype as ``img`` (integer inputs rounded and kept in range).
+
+        Raises:
+            ValueError: as :py:meth:`__call__`.
+        """
+        x, xf = self._prepare(img)
+        return self._to_input_type(self._down(xf)[0], x, img)
+
     def __call__(self, img):
         """Degrade the image.
 
@@ -64,31 +118,13 @@ class BicubicDegrade(Transform):
             ValueError: when the image is not ``(C, H, W)``, is smaller than ``factor`` along a side,
                 or holds NaN or inf.
         """
-        import torch
         import torch.nn.functional as F
 
-        shape = tuple(getattr(img, "shape", ()))
-        if len(shape) != 3:
-            raise ValueError(f"BicubicDegrade expects a channel-first 2D image (C, H, W), got shape {shape}.")
-        h, w = shape[1:]
-        if min(h, w) < self.factor:
-            raise ValueError(f"BicubicDegrade: the image {shape} is smaller than the factor {self.factor} along a side.")
-        from monai.data import MetaTensor
-
-        x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
-        xf = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        if not torch.isfinite(xf).all():
-            raise ValueError(f"BicubicDegrade: the image holds {int((~torch.isfinite(xf)).sum())} NaN or inf values (shape {shape}).")
-        small = F.interpolate(xf[None], size=(h // self.factor, w // self.factor), mode="bicubic",
-                              align_corners=False, antialias=self.antialias)
-        out = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+        x, xf = self._prepare(img)
+        out = F.interpolate(self._down(xf), size=tuple(xf.shape[1:]), mode="bicubic", align_corners=False)[0]
         if self.clip_range is not None:
             out = out.clamp(*self.clip_range)
-        dtype = getattr(img, "dtype", None)
-        if not torch.is_floating_point(x):  # integer image: round, and keep within the type (no wrap-around)
-            info = torch.iinfo(x.dtype)
-            out = out.round().clamp(info.min, info.max)
-        return convert_to_dst_type(out, img, dtype=dtype)[0]
+        return self._to_input_type(out, x, img)
 
 
 class BicubicDegraded(MapTransform):
@@ -105,10 +141,14 @@ class BicubicDegraded(MapTransform):
         clip_range: see :class:`BicubicDegrade` (default None).
         output_keys: where to write the degraded images, one per key; ``None`` (default) replaces
             the key's value.
+        low_res_keys: optional keys, one per key, to also write the low-resolution image to (the
+            down-sampling step, :py:meth:`BicubicDegrade.downsample`), e.g. for super-resolution
+            baselines that start from it; ``None`` (default): not kept.
         allow_missing_keys: do not raise when a key is missing.
 
     Raises:
-        ValueError: when ``output_keys`` does not have one entry per key, and as :class:`BicubicDegrade`.
+        ValueError: when ``output_keys`` or ``low_res_keys`` does not have one entry per key, and as
+            :class:`BicubicDegrade`.
         KeyError: when a key is missing and ``allow_missing_keys`` is False.
     """
 
@@ -121,6 +161,7 @@ class BicubicDegraded(MapTransform):
         antialias: bool = True,
         clip_range: Sequence[float] | None = None,
         output_keys: KeysCollection | None = None,
+        low_res_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -128,6 +169,11 @@ class BicubicDegraded(MapTransform):
         if len(self.output_keys) != len(self.keys):
             raise ValueError(
                 f"BicubicDegraded: `output_keys` must have one entry per key ({len(self.keys)}: {self.keys}), got {self.output_keys}."
+            )
+        self.low_res_keys = None if low_res_keys is None else ensure_tuple(low_res_keys)
+        if self.low_res_keys is not None and len(self.low_res_keys) != len(self.keys):
+            raise ValueError(
+                f"BicubicDegraded: `low_res_keys` must have one entry per key ({len(self.keys)}: {self.keys}), got {self.low_res_keys}."
             )
         self.degrade = BicubicDegrade(factor=factor, antialias=antialias, clip_range=clip_range)
 
@@ -144,7 +190,10 @@ class BicubicDegraded(MapTransform):
             ValueError: as :class:`BicubicDegrade`.
         """
         d = dict(data)
-        for key, out in self.key_iterator(d, self.output_keys):
+        low = self.low_res_keys or (None,) * len(self.keys)
+        for key, out, lr in self.key_iterator(d, self.output_keys, low):
+            if lr is not None:
+                d[lr] = self.degrade.downsample(d[key])
             d[out] = self.degrade(d[key])
         return d
 

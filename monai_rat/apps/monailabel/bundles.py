@@ -178,7 +178,8 @@ class RATBundle:
     """One bundle's inference settings, read with MONAI's ``ConfigParser`` from its ``inference.json``.
 
     ``bundle_root`` is set to the bundle folder (absolute), so relative defaults such as
-    ``models/model.pt`` and ``cache/regions`` resolve inside the bundle wherever the server runs; then
+    ``models/model.pt`` resolve inside the bundle wherever the server runs (the region cache defaults to
+    the user cache, :func:`monai_rat.data.default_cache_dir`); then
     ``overrides`` are applied (see :func:`parse_overrides`).
 
     Args:
@@ -233,7 +234,9 @@ class RATBundle:
         fmt = self.metadata.get("network_data_format", {})
         self.input_format: dict = dict(fmt.get("inputs", {}).get("image", {}))
         self.modality = str(self.input_format.get("modality", ""))
-        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser()
+        # a relative path (e.g. `--conf ct.ckpt_path bundles/ct/runs/demo/models/model.pt`) is relative to the
+        # directory the server starts in, as on a command line
+        self.ckpt_path = Path(str(parser.get_parsed_content("ckpt_path"))).expanduser().absolute()
         extra = parser.get("prepare_batch", {}) or {}
         self.regions_key = str(dict(extra.get("extra_keys", {}) or {}).get("regions", "regions"))
 
@@ -257,8 +260,9 @@ class RATBundle:
             f"e.g. `python -m monai.bundle run training --config_file {train}` from the repository root "
             f"(see {rel}/docs/README.md), "
             f"then copy the best weights there: `cp {rel}/runs/<run>/models/model.pt {self.ckpt_path}`; or start the "
-            f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a demo checkpoint also needs "
-            f"`--conf {self.name}.feature_size 16`). The server keeps running; the regions_{self.name} task works "
+            f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a checkpoint saved by monai-rat records its "
+            f"network; an older one also needs its settings, e.g. `--conf {self.name}.feature_size 16`). The server keeps "
+            f"running; the regions_{self.name} task works "
             "without a checkpoint."
         )
 
@@ -287,14 +291,25 @@ class RATBundle:
             raise CheckpointError(f"Model {self.name!r}: cannot read checkpoint {self.ckpt_path}: {e}") from e
         if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
             state = state["model"]
-        net = self.build_network()
+        try:
+            net = self.build_network()
+        except Exception as e:  # noqa: BLE001 - a checkpoint that records another network than the overrides ask for
+            from monai_rat.networks.record import CheckpointMismatchError
+
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, CheckpointMismatchError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise CheckpointError(f"Model {self.name!r}: {cause} (server overrides are --conf {self.name}.<id> VALUE).") from e
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(
                 f"Model {self.name!r}: checkpoint {self.ckpt_path} does not fit the network in {self.config_file} "
-                f"(overrides {self.overrides or 'none'}): {str(e).splitlines()[0]} ... A demo checkpoint needs "
-                f"--conf {self.name}.feature_size 16; the paper's model is feature_size 64."
+                f"(overrides {self.overrides or 'none'}): {str(e).splitlines()[0]} ... It records no network (saved by "
+                f"older code): give the settings it was trained with, e.g. --conf {self.name}.feature_size 16 (the demo's; the "
+                f"paper's model is feature_size 64) or, for a learned baseline, --conf {self.name}.network_name redcnn."
             ) from e
         return net.to(device).eval()
 

@@ -6,4 +6,5 @@ from .factory import CHECKPOINT_ENV, PARTITION_METHODS, RegionPartition, RegionP
 from .intensity import check_image, scale_intensity, to_uint8_rgb
 from .postprocess import masks_to_regions, relabel_regions
 from .sam import SAM_GENERATOR_DEFAULTS, SAMPartition, SAMPartitiond, load_sam, register_sam_model
+from .single import SingleRegionPartition
 from .superpixel import SUPERPIXEL_METHODS, SuperpixelPartition, SuperpixelPartitiond

@@ -13,6 +13,7 @@ from monai.transforms import Transform
 
 from .base import RegionPartitioner, RegionPartitionerd
 from .sam import SAMPartition
+from .single import SingleRegionPartition
 from .superpixel import SuperpixelPartition
 
 __all__ = ["RegionPartition", "RegionPartitiond", "CHECKPOINT_ENV", "PARTITION_METHODS"]
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: environment variable read when no ``checkpoint`` argument is given
 CHECKPOINT_ENV = "MONAI_RAT_SAM_CHECKPOINT"
-PARTITION_METHODS = ("auto", "sam", "superpixel")
+PARTITION_METHODS = ("auto", "sam", "superpixel", "single")
 
 
 class RegionPartition(Transform):
@@ -29,13 +30,14 @@ class RegionPartition(Transform):
 
     ``method="auto"`` uses :class:`SAMPartition` when a SAM checkpoint is configured (the ``checkpoint``
     argument, else the ``MONAI_RAT_SAM_CHECKPOINT`` environment variable) or a built ``model`` is given,
-    and :class:`SuperpixelPartition` otherwise; ``"sam"`` and ``"superpixel"`` force one. The choice is
+    and :class:`SuperpixelPartition` otherwise; ``"sam"`` and ``"superpixel"`` force one; ``"single"`` is
+    :class:`SingleRegionPartition`, one region everywhere (Table 4's one-region ablation). The choice is
     logged (logger ``monai_rat.transforms.partition.factory``, level INFO) and kept in
     :attr:`method_used`. Both give a (1, H, W) (or slice-by-slice (1, H, W, D)) int32 map with
     labels 1..L per slice, in the input's type.
 
     Args:
-        method: ``"auto"``, ``"sam"`` or ``"superpixel"``.
+        method: ``"auto"``, ``"sam"``, ``"superpixel"`` or ``"single"``.
         checkpoint: SAM checkpoint path (e.g. ``sam_vit_b_01ec64.pth``); ``None`` or ``""`` to read
             ``MONAI_RAT_SAM_CHECKPOINT``.
         model_type: SAM architecture (``"vit_b"`` as the paper).
@@ -96,6 +98,10 @@ class RegionPartition(Transform):
                 model_type,
                 f"checkpoint {os.fspath(checkpoint)!r} from the {source}" if checkpoint is not None else "a given model",
             )
+        elif method == "single":
+            self.partitioner = SingleRegionPartition(slice_axis=slice_axis)
+            self.method_used = "single"
+            logger.info("RegionPartition: one region everywhere (method='single'): region attention is global attention.")
         else:
             self.partitioner = SuperpixelPartition(method=superpixel_method, **dict(superpixel_kwargs or {}), **common)
             self.method_used = "superpixel"
@@ -146,7 +152,8 @@ class RegionPartitiond(RegionPartitionerd):
     Args:
         keys: image key(s).
         regions_key: output key(s), one per image key; default ``"regions"``.
-        method: ``"auto"`` (SAM when a checkpoint is configured, else superpixels), ``"sam"`` or ``"superpixel"``.
+        method: ``"auto"`` (SAM when a checkpoint is configured, else superpixels), ``"sam"``, ``"superpixel"``
+            or ``"single"`` (one region).
         checkpoint: SAM checkpoint path; ``None`` to read ``MONAI_RAT_SAM_CHECKPOINT``.
         model_type: SAM architecture (``"vit_b"`` as the paper).
         cache_dir: folder of the on-disk region cache; ``None`` for none.

@@ -1,0 +1,74 @@
+"""benchmarks/bench_quality.py end to end at its tiny 'smoke' budget: the real bundle commands train and
+evaluate, classical filters are tuned on validation only, and the report has its rows, panel and commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_quality as bq  # noqa: E402
+
+
+def test_plan_uses_the_same_budget_for_every_method_and_rat_rate_for_ablations(tmp_path):
+    args = type("A", (), {"work": str(tmp_path), "dataset_dir": "", "demo_options": None})()
+    budget = bq.BUDGETS["quick"]
+    cmds = {k: bq.training_command("ct", bq.Run(m, 1e-3, 0, tmp_path / k), budget, args) for k, m in bq.QUICK_METHODS.items()}
+    for cmd in cmds.values():  # same iterations, warm-up and data for every network
+        i = cmd.index("--num_iterations")
+        assert cmd[i + 1] == str(budget["num_iterations"]) and "--warmup_iterations" in cmd
+    assert cmds["rat_l1"][cmds["rat_l1"].index("--focal_gamma") + 1] == "0.0"
+    assert cmds["rat_single"][cmds["rat_single"].index("--region_method") + 1] == "single"
+    assert "'attention': 'global'" in cmds["rat_global"][cmds["rat_global"].index("--network_kwargs") + 1].replace('"', "'")
+    assert all(bq.QUICK_METHODS[k].kind == "ablation" for k in bq.ABLATIONS)
+    ev = bq.evaluation_command("ct", bq.Run(bq.QUICK_METHODS["rat"], 1e-3, 0, tmp_path / "r"), budget, args)
+    assert ev[:2] == ["run", "evaluating"] and "--save_predictions" in ev and "--num_iterations" not in ev
+
+
+def test_summary_statistics():
+    per_seed = [{"a": 40.0, "b": 42.0}, {"a": 41.0, "b": 45.0}]
+    s = bq.summarise(per_seed)
+    assert s["mean"] == pytest.approx((41 + 43) / 2) and s["n_seeds"] == 2 and s["n_images"] == 2
+    assert s["std_seeds"] == pytest.approx(1.0) and s["min_seed"] == 41.0 and s["max_seed"] == 43.0
+    assert s["std_images"] == pytest.approx(abs(40.5 - 43.5) / 2)
+    assert bq.summarise(per_seed, subset={"a"})["mean"] == pytest.approx(40.5)
+
+
+@pytest.mark.timeout(900)
+def test_smoke_run_writes_the_report(tmp_path):
+    docs = tmp_path / "docs"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MONAI_RAT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--task", "ct", "--budget", "smoke",
+           "--methods", "rat", "rat_l1", "--work", str(tmp_path / "work"), "--docs", str(docs), "--no_progress",
+           "--classical", "gaussian", "--demo_options", json.dumps(bq.SMOKE_DEMO)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=880)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    text = (docs / "quality.md").read_text()
+    assert "<!-- bench_quality:ct:smoke -->" in text and "RAT, L1 loss" in text and "gaussian" in text
+    assert "test PSNR, real" in text  # the held-out real slice reported on its own
+    record = json.loads((docs / "quality" / "ct_smoke.json").read_text())
+    assert {r["key"] for r in record["rows"]} == {"rat", "rat_l1"}
+    gauss = next(c for c in record["classical"] if c["key"] == "gaussian")
+    assert gauss["psnr"]["n_images"] == record["rows"][0]["psnr"]["n_images"] > 0
+    # the classical filter was tuned on the validation split and scored on the test split, never mixed
+    tuned = json.loads((tmp_path / "work" / "classical.json").read_text())["gaussian"]
+    from monai_rat.data import make_ct_demo
+
+    dl = make_ct_demo(tmp_path / "cache", **bq.SMOKE_DEMO)
+    assert sorted(tuned["tuned_on"]) == sorted(d["name"] for d in dl["validation"])
+    assert sorted(tuned["psnr"]) == sorted(d["name"] for d in dl["test"])
+    assert not set(tuned["tuned_on"]) & set(tuned["psnr"])
+    assert (docs / "quality" / "ct_smoke_panel.png").is_file()
+    commands = (tmp_path / "work" / "commands.txt").read_text().splitlines()
+    assert len(commands) == 2 and all(c.startswith("python -m monai.bundle run training") for c in commands)
+    # a second run reuses every finished run (resumable) and rewrites the same section, not a second one
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (docs / "quality.md").read_text().count("<!-- bench_quality:ct:smoke -->") == 1
