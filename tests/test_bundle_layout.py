@@ -40,3 +40,27 @@ def test_bare_command_config_is_the_demo_schedule(bundle):
     assert parser.get("schedules")["paper"]["patch_size"] == paper_patch
     for cid, value in others.items():
         assert parser.get(cid) == value, cid
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_amp_dtype_is_an_override_that_reaches_the_engines(bundle, config):
+    """``--amp_dtype float16|bfloat16`` sets autocast's dtype in every engine (default: bfloat16 where the GPU has it)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_rat.engines import default_amp_dtype
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / config))
+    assert parser.get_parsed_content("amp_dtype") == default_amp_dtype()
+    assert default_amp_dtype() == ("bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16")
+    parser["amp_dtype"] = "bfloat16"
+    assert parser.get_parsed_content("amp_kwargs") == {"dtype": torch.bfloat16}
+    if config == "train.json":
+        common = ConfigParser.load_config_file(ROOT / "bundles" / "common" / "train_common.json")
+        engines = [common["trainer"], common["evaluator"]]
+    else:
+        engines = [parser.get("evaluator")]
+    for engine in engines:
+        assert engine["amp"] == "$monai_rat.utils.as_flag(@amp, 'amp')" and engine["amp_kwargs"] == "@amp_kwargs"

@@ -72,3 +72,21 @@ def test_bad_inputs():
         FocalRegionLoss(delta=0)
     with pytest.raises(ValueError):
         FocalRegionLoss(reduction="max")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_accumulate_region_sums_in_float32(dtype):
+    """A 256 x 256 region with error 1 sums to about 65536: in float16 the running sum stalls at 2048
+    (2048 + 1 rounds back to 2048) and would overflow past 65504; in bfloat16 it stalls at 256. Summed in
+    the input's dtype, this region's weight came out 0.06 instead of 1 (loss 1.03 instead of 1.5)."""
+    pred = torch.ones(1, 1, 256, 256)
+    target = torch.zeros(1, 1, 256, 256)
+    target[..., :8, :8] = 0.5  # a small second region with half the error
+    regions = torch.zeros(1, 1, 256, 256, dtype=torch.long)
+    regions[..., :8, :8] = 1
+    loss_fn = FocalRegionLoss(gamma=0.5, reduction="none")
+    half = loss_fn(pred.to(dtype), target.to(dtype), regions)
+    assert half.dtype == dtype and torch.isfinite(half).all()
+    full = loss_fn(pred, target, regions)
+    torch.testing.assert_close(half.float(), full, atol=0, rtol=1e-2)
+    assert float(full[0, 0, 100, 100]) == pytest.approx(1.5)  # w = 1 in the worst region: 1 * (1 + 0.5)

@@ -244,3 +244,47 @@ def test_one_transform_shared_by_threads():
         got = list(pool.map(part, imgs))
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
+
+
+class _SAMInWorker(torch.utils.data.Dataset):
+    """Runs a cold-cache SAM partition inside a DataLoader worker and reports where SAM ran."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            part = SAMPartition(model_type=TINY, checkpoint=self.checkpoint, **KEEP_ALL)
+            regions = part(blob_image(32, 32))
+        return {"device": str(part.model.device), "warnings": [str(w.message) for w in caught], "shape": regions.shape}
+
+
+def test_sam_in_a_forked_dataloader_worker_runs_on_the_cpu_with_a_warning(tiny_checkpoint, monkeypatch):
+    """With CUDA available, SAM would default to CUDA, which a forked worker cannot initialise: CPU instead, and say so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the forked worker inherits this
+    monkeypatch.setattr(sam_module, "_MODELS", {})
+    assert sam_module._default_device() == torch.device("cuda")  # in the main process: CUDA when available
+    loader = torch.utils.data.DataLoader(
+        _SAMInWorker(tiny_checkpoint), batch_size=None, num_workers=1, multiprocessing_context="fork"
+    )
+    (out,) = list(loader)
+    assert out["device"] == "cpu"
+    assert any("running SAM on the CPU inside a DataLoader worker" in w for w in out["warnings"]), out["warnings"]
+    assert tuple(out["shape"]) == (1, 32, 32)
+
+
+def test_explicit_cuda_device_is_kept_where_cuda_can_work(monkeypatch):
+    """In a worker that is not a bad fork (spawned), an explicit device is the user's call."""
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    assert sam_module._default_device("cuda") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    with pytest.warns(RuntimeWarning, match="forked worker cannot initialise CUDA"):
+        monkeypatch.setattr(sam_module, "_WARNED_WORKER", False)
+        assert sam_module._default_device("cuda") == torch.device("cpu")

@@ -7,15 +7,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from monai_rat.networks.blocks import RegionAttention, RegionPlan
 
 
-def _pair(channels=32, heads=4):
-    fast = RegionAttention(channels, heads, implementation="fast").double()
+def _pair(channels=32, heads=4, impl="fast", pad_budget=None):
+    fast = RegionAttention(channels, heads, implementation=impl).double()
+    fast.pad_budget = pad_budget
     ref = RegionAttention(channels, heads, implementation="reference").double()
     ref.load_state_dict(fast.state_dict())
     return fast, ref
 
 
-def _check_same(labels, channels=32, heads=4, tol=1e-4):
-    fast, ref = _pair(channels, heads)
+def _check_same(labels, channels=32, heads=4, tol=1e-4, impl="fast", pad_budget=None):
+    fast, ref = _pair(channels, heads, impl, pad_budget)
     b, h, w = labels.shape
     x = torch.randn(b, channels, h, w, dtype=torch.float64) * 2
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -31,7 +32,12 @@ def _check_same(labels, channels=32, heads=4, tol=1e-4):
     return yf
 
 
-def test_fast_equals_reference_batch_with_different_region_counts():
+@pytest.mark.parametrize(
+    "impl, pad_budget",
+    [("fast", None), ("regions", -1), ("regions", 10**6), ("masked", None)],
+    ids=["fast", "one-call-per-region", "all-regions-padded-into-one-call", "masked"],
+)
+def test_every_implementation_equals_reference_batch_with_different_region_counts(impl, pad_budget):
     labels = torch.stack(
         [
             torch.randint(0, 3, (8, 8)),  # 3 regions
@@ -39,7 +45,20 @@ def test_fast_equals_reference_batch_with_different_region_counts():
             torch.arange(64).reshape(8, 8) // 16,  # 4 horizontal bands
         ]
     )
-    _check_same(labels)
+    _check_same(labels, impl=impl, pad_budget=pad_budget)
+
+
+def test_padded_calls_group_regions_of_similar_size():
+    """Small regions share padded calls; a region much larger than the rest keeps a call of its own."""
+    labels = torch.zeros(1, 256, dtype=torch.long)  # one region of 256 - 30 = 226 tokens ...
+    labels[0, :30] = torch.arange(30) // 3 + 1  # ... and ten regions of 3 tokens
+    labels = labels.reshape(1, 16, 16)
+    plan = RegionPlan.from_labels(labels)
+    calls = plan.batches(1024).shapes
+    assert calls == [(1, 226), (10, 3)]
+    assert plan.batches(0).shapes == [(1, 226), (10, 3)]  # equal sizes share a call without padding
+    assert plan.batches(-1).shapes == [(1, 226)] + [(1, 3)] * 10  # negative: one call per region
+    _check_same(labels, pad_budget=1024)
 
 
 def test_fast_equals_reference_float32_tolerance():
@@ -124,3 +143,27 @@ def test_unknown_implementation_is_rejected():
         RegionAttention(8, 1, implementation="sparse")
     with pytest.raises(ValueError, match="multiple of num_heads"):
         RegionAttention(10, 4)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_region_plan_per_forward_shared_by_all_layers():
+    """The data-dependent part (sort by region, region starts copied to the host) runs once per forward."""
+    from monai_rat.networks import RAT
+
+    model = RAT(feature_size=8, num_groups=2, layers_per_group=2).eval()  # 4 R-MSA layers
+    x, regions = torch.rand(2, 1, 32, 32), torch.randint(0, 5, (2, 1, 32, 32))
+    with torch.no_grad(), _CountOps() as probe:
+        model(x, regions)
+    assert probe.counts.get("sort") == 1, probe.counts.get("sort")
+    assert probe.counts.get("nonzero") == 1, probe.counts.get("nonzero")  # on the host copy of the region starts
+    assert "_unique2" not in probe.counts and "unique_dim" not in probe.counts  # no torch.unique on the way

@@ -11,7 +11,13 @@ from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.panels import RestorationPanels
 from monai_rat.engines.region_loss import RegionLossAdapter
-from monai_rat.engines.schedule import WarmupCosine, select_schedule, validation_rounds, warmup_cosine_schedule
+from monai_rat.engines.schedule import (
+    WarmupCosine,
+    default_amp_dtype,
+    select_schedule,
+    validation_rounds,
+    warmup_cosine_schedule,
+)
 from monai_rat.engines.tensorboard import TensorBoardValidationImages
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "TensorBoardValidationImages",
     "atomic_torch_save",
     "batch_files",
+    "default_amp_dtype",
     "file_kind",
     "inference_datalist",
     "select_schedule",

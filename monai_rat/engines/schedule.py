@@ -9,12 +9,32 @@ from typing import Any
 
 import torch
 
-__all__ = ["CT_DATA_HINT", "WarmupCosine", "select_schedule", "validation_rounds", "warmup_cosine_schedule"]
+__all__ = [
+    "CT_DATA_HINT",
+    "WarmupCosine",
+    "default_amp_dtype",
+    "select_schedule",
+    "validation_rounds",
+    "warmup_cosine_schedule",
+]
 
 logger = logging.getLogger("monai_rat.bundle")
 
 #: what the CT bundle's ``--dataset_dir`` accepts (select_schedule's default ``data_hint``).
 CT_DATA_HINT = "the AAPM Low-Dose CT Grand Challenge folder or a MONAI datalist .json"
+
+
+def default_amp_dtype() -> str:
+    """The bundles' mixed-precision dtype (``amp_dtype``): ``"bfloat16"`` where the GPU supports it, else ``"float16"``.
+
+    bfloat16 has float32's exponent range, so activations and losses cannot overflow as they can in
+    float16 (whose largest value is 65504); float16 is the fallback on GPUs without bfloat16 (before
+    NVIDIA Ampere). Mixed precision is used only on CUDA (``amp``); the paper's reference code trains
+    in float32 (``--amp False`` reproduces that).
+    """
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
 
 
 def select_schedule(

@@ -57,13 +57,17 @@ class FocalRegionLoss(_Loss):
         labels = as_region_labels(regions, b, tuple(err.shape[2:])).to(err.device)
         group, group_batch, num = region_groups(labels)  # group: (B, M)
         with torch.no_grad():
+            # region sums in float32 (at least): an fp16 sum over a large region overflows (65504) or
+            # loses the small errors; the weights go back to the input's dtype at the end
+            acc = torch.promote_types(err.dtype, torch.float32)
             flat = group.reshape(-1)
-            total = torch.zeros(num, dtype=err.dtype, device=err.device).index_add_(0, flat, err.detach().sum(1).reshape(-1))
-            count = torch.bincount(flat, minlength=num).to(err.dtype) * c
+            per_pixel = err.detach().to(acc).sum(1).reshape(-1)
+            total = torch.zeros(num, dtype=acc, device=err.device).index_add_(0, flat, per_pixel)
+            count = torch.bincount(flat, minlength=num).to(acc) * c
             w = (total / count).pow(self.delta)
-            top = torch.zeros(b, dtype=err.dtype, device=err.device).scatter_reduce_(0, group_batch, w, "amax")
-            w = torch.where(top[group_batch] > 0, w / top[group_batch].clamp_min(torch.finfo(err.dtype).tiny), 0.0)
-            weight = (1 + self.gamma * w[group]).reshape(b, 1, *err.shape[2:])
+            top = torch.zeros(b, dtype=acc, device=err.device).scatter_reduce_(0, group_batch, w, "amax")
+            w = torch.where(top[group_batch] > 0, w / top[group_batch].clamp_min(torch.finfo(acc).tiny), 0.0)
+            weight = (1 + self.gamma * w[group]).reshape(b, 1, *err.shape[2:]).to(err.dtype)
         loss = err * weight
         if self.reduction == LossReduction.MEAN.value:
             return loss.mean()

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from monai_rat.networks.blocks.rat_layer import ATTENTIONS, RATGroup
-from monai_rat.networks.blocks.region_attention import RegionAttention, RegionPlan
+from monai_rat.networks.blocks.region_attention import IMPLEMENTATIONS, RegionAttention, RegionPlan
 from monai_rat.networks.blocks.ushape import NAFUShape
 from monai_rat.utils import as_region_labels
 
@@ -50,7 +50,9 @@ class RAT(NAFUShape):
         mlp_ratio: MLP expansion (2.0).
         region_bias: cross-region logit of the reference R-MSA form (-1000).
         attention: ``"region"`` (R-MSA, the paper), ``"global"`` (MSA) or ``"window"`` (W-MSA): Table 4's ablation.
-        attention_impl: ``"fast"`` (default, exact, no N x N mask) or ``"reference"`` (dense mask) R-MSA.
+        attention_impl: R-MSA implementation: ``"fast"`` (default, exact; per region when eager, masked while
+            traced or exported), ``"regions"``, ``"masked"`` or ``"reference"`` (dense mask); see
+            :func:`set_attention_impl`.
         use_checkpoint: recompute each latent RAT group in the backward pass instead of keeping its
             activations (``torch.utils.checkpoint``, as MONAI's SwinUNETR offers): same gradients, about
             half the training memory at 256^2, some 15-30% more time per step. The latent groups hold most
@@ -120,7 +122,7 @@ class RAT(NAFUShape):
         self.use_checkpoint = use_checkpoint
 
     def set_attention_impl(self, implementation: str) -> "RAT":
-        """Switch every R-MSA between ``"fast"`` and ``"reference"`` (same weights, same outputs)."""
+        """Switch every R-MSA to ``implementation`` (same weights, same outputs); see :func:`set_attention_impl`."""
         return set_attention_impl(self, implementation)
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,20 +168,22 @@ class RAT(NAFUShape):
 
 
 def set_attention_impl(network: nn.Module, implementation: str) -> nn.Module:
-    """Switch every R-MSA inside ``network`` between ``"fast"`` and ``"reference"``; return ``network``.
+    """Switch every R-MSA inside ``network`` to ``implementation``; return ``network``.
 
     Works on any module (a wrapper around RAT, or a network without region attention, which is
-    returned unchanged), so a bundle can ask for the traceable reference form whatever network it built.
+    returned unchanged). The implementations (:data:`~monai_rat.networks.blocks.region_attention.IMPLEMENTATIONS`)
+    give the same outputs: ``"fast"`` (default: per region when eager, the masked form while traced or
+    exported), ``"regions"``, ``"masked"`` and ``"reference"`` (the paper's dense additive mask).
 
     Args:
         network: any module.
-        implementation: ``"fast"`` or ``"reference"``.
+        implementation: ``"fast"``, ``"regions"``, ``"masked"`` or ``"reference"``.
 
     Raises:
         ValueError: for another ``implementation``.
     """
-    if implementation not in ("fast", "reference"):
-        raise ValueError(f"implementation must be 'fast' or 'reference', got {implementation!r}.")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
     for m in network.modules():
         if isinstance(m, RegionAttention):
             m.implementation = implementation

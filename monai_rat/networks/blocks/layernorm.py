@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerNorm2d"]
+from monai_rat.networks.blocks.region_attention import is_exporting
+
+__all__ = ["LayerNorm2d", "contiguous_grad"]
 
 
 class LayerNorm2d(nn.Module):
@@ -27,6 +29,43 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One fused kernel over the channel axis of a channels-last view: 5-8x faster on CPU than the
-        # mean / var / scale written out in NCHW, and the same numbers to fp32 round-off.
-        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        """Normalise ``x`` (B, C, H, W) over C; returns (B, C, H, W) with standard (contiguous) strides.
+
+        One fused kernel over the channel axis of a channels-last view: 5-8x faster on CPU than the
+        mean / var / scale written out in NCHW, and the same numbers to fp32 round-off. The result
+        is made contiguous: a channels-last result would give the convolutions after it
+        channels-last weight gradients, which DDP reports as a grad-stride mismatch. RAT's own
+        blocks call :meth:`forward_tokens` on token-major features instead.
+        """
+        return self.forward_tokens(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on token-major features ``(..., C)`` (channels last)."""
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (one copy)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x``, with its gradient made contiguous in the backward pass.
+
+    A token-major block ends with ``out.permute(0, 3, 1, 2).contiguous()``; in the backward pass the
+    gradient arriving at ``out`` is then a permuted (strided) view of an NCHW gradient, and every
+    element-wise gradient op inside the block (residual sums, gates, scales) would run on that
+    strided layout, several times slower on a CPU. Calling this on ``out`` first costs one copy in
+    the backward pass instead. Not applied while traced or exported (a TorchScript trace cannot
+    save a Python autograd function), nor without autograd.
+    """
+    if torch.is_grad_enabled() and x.requires_grad and not is_exporting():
+        return _ContiguousGrad.apply(x)
+    return x

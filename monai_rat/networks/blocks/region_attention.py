@@ -1,20 +1,28 @@
 """R-MSA: multi-head self-attention restricted to the pixels of each region (RAT, Eq. 3-4).
 
-Two implementations give the same numbers (to fp32 round-off):
+Four implementations give the same numbers (to fp32 round-off):
 
 * ``"reference"`` follows the paper literally: a dense (N x N) additive mask, 0 within a region and
   ``region_bias`` (-1000) across regions, added to the full attention logits. O(N^2) memory; for tests.
-* ``"fast"`` (default) sorts the tokens by region and runs one fused attention call per region on
-  contiguous slices, then puts the tokens back. Nothing of size N x N over all token pairs is built;
-  the cost is the sum of squared region sizes instead of N^2.
+* ``"regions"`` sorts the tokens by (image, region) and runs fused attention on each region alone:
+  regions of similar size share one call, padded to the largest with the padding masked out (so
+  hundreds of small superpixel regions cost a few calls, not hundreds), then puts the tokens back.
+  Nothing of size N x N over all token pairs is built; the cost is about the sum of squared region
+  sizes instead of N^2. Its region sizes are Python numbers taken from the data, so it cannot be
+  traced or exported (it raises if asked to).
+* ``"masked"`` runs one fused attention call over all tokens of each image with a boolean
+  same-region mask (B x N x N bools, built from the labels inside the graph). No data-dependent
+  sizes: the form that ``torch.jit.trace``, ``torch.export`` and ONNX export exactly, for any region
+  map. O(N^2) time and mask memory, so it suits exported models of moderate size.
+* ``"fast"`` (default) chooses: ``"regions"`` when run eagerly, ``"masked"`` while the model is being
+  traced or exported, so an exported model is exact on every region map, not only the example's.
 
-Both treat cross-region pairs the same way as long as ``exp(region_bias)`` underflows next to the
-in-region weights (logit gaps far below 1000), which is the paper's intent.
+``"regions"`` and ``"fast"`` treat cross-region pairs as exactly zero weights, ``"reference"`` as
+``exp(region_bias)``, which underflows next to the in-region weights for logit gaps far below 1000
+(the paper's intent).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,37 +30,152 @@ from torch import nn
 
 from monai_rat.utils import region_groups
 
-__all__ = ["RegionPlan", "RegionAttention"]
+__all__ = ["RegionPlan", "RegionAttention", "is_exporting"]
 
-IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATIONS = ("fast", "regions", "masked", "reference")
+# Padding one region into another's attention call may cost this many extra query-key pairs: about what
+# one more call costs on a CPU (measured with 8 heads of 8 and of 32 channels; see _RegionBatches).
+PAD_BUDGET = 1024
 
 
-@dataclass
+def is_exporting() -> bool:
+    """True while ``torch.jit.trace``/``script``, ``torch.onnx.export`` or ``torch.export`` records the model."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+    )
+
+
 class RegionPlan:
-    """Where each latent token goes for region attention; built once per forward, shared by all layers.
+    """The latent tokens' regions, built once per forward and shared by all RAT layers.
+
+    Holds the latent labels. What the per-region path needs (the sort by region and the region
+    sizes, which cost one host synchronisation) is computed on first use and kept, so the masked
+    and exported forms never compute it and every layer of one forward reuses it.
+
+    Args:
+        labels: latent-resolution labels ``(B, h, w)`` or ``(B, N)`` (any integer values; labels are
+            compared only within an image).
 
     Attributes:
-        group: (B, N) int64, the (image, region) group of each token, ``0..G-1``.
-        order: (B*N,) token indices sorted by group (stable), so each group is a contiguous slice.
+        labels: (B, N) int64 labels.
+        order: (B*N,) token indices sorted by (image, label), stable, so each region is a contiguous slice.
         inverse: (B*N,) the permutation that undoes ``order``.
-        sizes: tokens per group, in group order.
+        sizes: tokens per region, in sorted order (a Python list).
+        group: (B, N) int64, the (image, region) number of each token, ``0..G-1``.
     """
 
-    group: torch.Tensor
-    order: torch.Tensor
-    inverse: torch.Tensor
-    sizes: list[int]
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels.reshape(labels.shape[0], -1).long()
+        self._sorted: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
+        self._batches: dict[int, _RegionBatches] = {}
 
     @classmethod
     def from_labels(cls, labels: torch.Tensor) -> "RegionPlan":
-        """Build the plan from latent-resolution labels ``(B, h, w)`` (any integer values)."""
-        group, _, num = region_groups(labels)
-        flat = group.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        sizes = torch.bincount(flat, minlength=num).tolist()
-        return cls(group=group.reshape(labels.shape[0], -1), order=order, inverse=inverse, sizes=sizes)
+        """The plan of latent-resolution labels ``(B, h, w)`` (any integer values)."""
+        return cls(labels)
+
+    @property
+    def order(self) -> torch.Tensor:
+        return self._sort()[0]
+
+    @property
+    def inverse(self) -> torch.Tensor:
+        return self._sort()[1]
+
+    @property
+    def sizes(self) -> list[int]:
+        return self._sort()[2]
+
+    @property
+    def group(self) -> torch.Tensor:
+        return region_groups(self.labels)[0]
+
+    def batches(self, pad_budget: int) -> "_RegionBatches":
+        """How the per-region path groups regions into padded attention calls (see :class:`_RegionBatches`)."""
+        if pad_budget not in self._batches:
+            self._batches[pad_budget] = _RegionBatches.build(self.order, self.sizes, pad_budget)
+        return self._batches[pad_budget]
+
+    def same_region(self) -> torch.Tensor:
+        """(B, N, N) bool: token i and token j of an image share a region. Built in the graph, no host sync."""
+        return self.labels.unsqueeze(2) == self.labels.unsqueeze(1)
+
+    def _sort(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        if self._sorted is None:
+            if is_exporting():
+                raise RuntimeError(
+                    "RegionPlan: the per-region sort has data-dependent sizes, which a trace or export would bake in "
+                    "(the exported model would be wrong on other region maps). Use RegionAttention(implementation="
+                    "'masked' or 'fast') for export."
+                )
+            b, n = self.labels.shape
+            sorted_labels, idx = torch.sort(self.labels, dim=1, stable=True)
+            order = (idx + torch.arange(b, device=idx.device).unsqueeze(1) * n).reshape(-1)
+            starts = torch.ones_like(sorted_labels, dtype=torch.bool)
+            starts[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+            first = starts.reshape(-1).cpu().nonzero().squeeze(1)  # the forward's one device-to-host copy
+            sizes = torch.diff(first, append=torch.tensor([b * n])).tolist()
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            self._sorted = (order, inverse, sizes)
+        return self._sorted
+
+
+class _RegionBatches:
+    """Regions grouped into attention calls: each call holds regions of similar size, padded to the largest.
+
+    One attention call per region is exact but costs a fixed overhead per call (about 0.1 ms on a
+    CPU, more on a GPU relative to its speed), which dominates when there are hundreds of small
+    regions (superpixel maps, small crops). Regions sorted by size, largest first, join the current
+    call while padding each costs at most ``pad_budget`` extra query-key pairs (``P^2 - L^2`` for a
+    region of L tokens padded to P); padded keys are masked out, so the result is exact: padded
+    positions get zero weight and zero gradient.
+
+    Attributes:
+        tokens: (T,) the token (row of the ``(B*N, ...)`` features) at each padded position (pads: token 0).
+        rows: (B*N,) for each token, its padded position.
+        shapes: ``(regions, P)`` of each call.
+        masks: per call, ``None`` (no padding) or a (regions, 1, 1, P) bool key mask.
+    """
+
+    def __init__(self, tokens, rows, shapes, masks) -> None:
+        self.tokens, self.rows, self.shapes, self.masks = tokens, rows, shapes, masks
+
+    @classmethod
+    def build(cls, order: torch.Tensor, sizes: list[int], pad_budget: int) -> "_RegionBatches":
+        by_size = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+        calls: list[tuple[list[int], int]] = []
+        for i in by_size:
+            if calls and calls[-1][1] ** 2 - sizes[i] ** 2 <= pad_budget:
+                calls[-1][0].append(i)
+            else:
+                calls.append(([i], sizes[i]))
+        # On the host: each padded position's place in the region-sorted order, -1 for padding.
+        size_t = torch.tensor(sizes)
+        start_t = torch.cumsum(size_t, 0) - size_t
+        positions, shapes, padded = [], [], []
+        for ids, p in calls:
+            r = torch.tensor(ids)
+            ar = torch.arange(p)
+            positions.append(torch.where(ar < size_t[r].unsqueeze(1), start_t[r].unsqueeze(1) + ar, -1).reshape(-1))
+            shapes.append((len(ids), p))
+            padded.append(bool((size_t[r] < p).any()))
+        position = torch.cat(positions).to(order.device)  # one host-to-device copy
+        valid = position >= 0
+        tokens = order[position.clamp(min=0)]  # padded position -> token (pads: the first region's token)
+        # token -> its padded position; pads write into one extra slot, which is dropped (no boolean
+        # indexing: on a GPU that would be another host synchronisation)
+        slot = torch.where(valid, tokens, order.numel())
+        rows = torch.empty(order.numel() + 1, dtype=order.dtype, device=order.device)
+        rows = rows.scatter_(0, slot, torch.arange(position.numel(), device=order.device))[:-1]
+        masks, offset = [], 0
+        for (m, p), pad in zip(shapes, padded):
+            masks.append(valid[offset : offset + m * p].view(m, 1, 1, p) if pad else None)
+            offset += m * p
+        return cls(tokens, rows, shapes, masks)
 
 
 class RegionAttention(nn.Module):
@@ -60,16 +183,23 @@ class RegionAttention(nn.Module):
 
     With ``plan=None`` it is plain global MSA (the paper's "MSA" ablation). Logits are scaled by
     ``num_heads ** -0.5`` as in the paper and its code. Parameter names (``qkv``, ``project_out``,
-    1x1 convolutions) match the reference implementation.
+    1x1 convolutions) match the reference implementation; they are applied as matrix products on
+    token-major features (:meth:`forward_tokens`), which is what the RAT layer uses.
 
     Args:
         channels: number of channels C (a multiple of ``num_heads``).
         num_heads: number of attention heads.
         region_bias: the additive logit for cross-region pairs in the reference form (lambda, -1000).
-        implementation: ``"fast"`` (default) or ``"reference"``; see the module docstring.
+        implementation: ``"fast"`` (default), ``"regions"``, ``"masked"`` or ``"reference"``; see the
+            module docstring.
+
+    Attributes:
+        pad_budget: for ``"regions"``: how many extra query-key pairs padding a region into a shared
+            call may cost (``None``: ``PAD_BUDGET``, 1024; negative: one call per region).
 
     Raises:
         ValueError: when C is not a multiple of ``num_heads`` or ``implementation`` is unknown.
+        RuntimeError: (in ``forward``) when ``"regions"`` is traced or exported.
     """
 
     def __init__(
@@ -82,12 +212,13 @@ class RegionAttention(nn.Module):
         self.scale = num_heads**-0.5
         self.region_bias = region_bias
         self.implementation = implementation
+        self.pad_budget: int | None = None  # None: PAD_BUDGET
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
         self.project_out = nn.Conv2d(channels, channels, 1)
 
     @property
     def implementation(self) -> str:
-        """``"fast"`` or ``"reference"``."""
+        """``"fast"``, ``"regions"``, ``"masked"`` or ``"reference"``."""
         return self._implementation
 
     @implementation.setter
@@ -102,32 +233,58 @@ class RegionAttention(nn.Module):
         Args:
             x: (B, C, h, w) features.
             plan: the latent tokens' regions (``RegionPlan.from_labels``), or ``None`` for global MSA.
+
+        Returns:
+            (B, C, h, w), contiguous.
         """
-        b, c, h, w = x.shape
-        heads, d = self.num_heads, c // self.num_heads
-        # (B, 3C, h, w) -> (3, B, heads, N, d); channels are split q|k|v, then head-major, as in the reference.
-        qkv = self.qkv(x).reshape(b, 3, heads, d, h * w).permute(1, 0, 2, 4, 3)
+        return self.forward_tokens(x.permute(0, 2, 3, 1), plan).permute(0, 3, 1, 2).contiguous()
+
+    def forward_tokens(self, x: torch.Tensor, plan: RegionPlan | None = None) -> torch.Tensor:
+        """:meth:`forward` on token-major features ``(B, h, w, C)``; returns ``(B, h, w, C)``."""
+        b, h, w, c = x.shape
+        n, heads = h * w, self.num_heads
+        # (B, N, 3C) -> (B, N, 3, heads, d); channels are split q|k|v, then head-major, as in the reference.
+        qkv = F.linear(x, self.qkv.weight.flatten(1), self.qkv.bias).reshape(b, n, 3, heads, c // heads)
+        impl = self.implementation
+        if impl == "fast":
+            impl = "masked" if is_exporting() else "regions"
         if plan is None:
-            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
-        elif self.implementation == "reference":
-            out = self._reference(qkv, plan.group)
+            out = self._dense(qkv, None)
+        elif impl == "regions":
+            out = self._regions(qkv, plan)
+        elif impl == "masked":
+            out = self._dense(qkv, plan.same_region().unsqueeze(1))
         else:
-            out = self._fast(qkv, plan)
-        return self.project_out(out.transpose(-1, -2).reshape(b, c, h, w))
+            out = self._reference(qkv, plan)
+        return F.linear(out, self.project_out.weight.flatten(1), self.project_out.bias).reshape(b, h, w, c)
 
-    def _reference(self, qkv: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        mask = (group.unsqueeze(2) != group.unsqueeze(1)).to(q.dtype) * self.region_bias  # (B, N, N)
+    def _dense(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One attention call over all tokens of each image: global MSA, or masked to same-region pairs."""
+        b, n, _, heads, d = qkv.shape
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d), last dimension contiguous
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return out.transpose(1, 2).reshape(b, n, heads * d)
+
+    def _reference(self, qkv: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
+        b, n, _, heads, d = qkv.shape
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = (~plan.same_region()).to(q.dtype) * self.region_bias  # (B, N, N)
         attn = (q @ k.transpose(-2, -1)) * self.scale + mask.unsqueeze(1)
-        return attn.softmax(dim=-1) @ v
+        return (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, heads * d)
 
-    def _fast(self, qkv: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
-        _, b, heads, n, d = qkv.shape
-        # token-major rows (B*N, 3, heads, d), gathered so that each region is a contiguous slice
-        rows = qkv.permute(1, 3, 0, 2, 4).reshape(b * n, 3, heads, d).index_select(0, plan.order)
+    # Data-dependent sizes: under torch.compile this runs eagerly between compiled graphs (one graph
+    # break before and after), so a new region map never triggers a recompile.
+    @torch.compiler.disable
+    def _regions(self, qkv: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
+        b, n, _, heads, d = qkv.shape
+        batches = plan.batches(self.pad_budget if self.pad_budget is not None else PAD_BUDGET)
+        # token-major rows (B*N, 3, heads, d), gathered so that each call's regions are contiguous
+        rows = qkv.reshape(b * n, 3, heads, d).index_select(0, batches.tokens)
         outs = []
-        for chunk in rows.split(plan.sizes, dim=0):
-            t = chunk.permute(1, 2, 0, 3)  # (3, heads, L, d)
-            outs.append(F.scaled_dot_product_attention(t[0], t[1], t[2], scale=self.scale))
-        out = torch.cat(outs, dim=1).transpose(0, 1).index_select(0, plan.inverse)  # (B*N, heads, d)
-        return out.reshape(b, n, heads, d).permute(0, 2, 1, 3)
+        for chunk, (m, p), mask in zip(rows.split([m * p for m, p in batches.shapes]), batches.shapes, batches.masks):
+            # (m*P, 3, heads, d) -> three (m, heads, P, d): 4-D with a contiguous last dimension, which the
+            # fused kernels need; unbind (not indexing) so the backward writes one stacked gradient.
+            q, k, v = chunk.reshape(m, p, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            outs.append(out.transpose(1, 2).reshape(m * p, heads, d))
+        return torch.cat(outs).index_select(0, batches.rows).reshape(b, n, heads * d)

@@ -36,14 +36,20 @@ class WindowAttention(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        """Attend within windows of ``x`` (B, C, H, W); returns (B, C, H, W), contiguous."""
+        return self.forward_tokens(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on token-major features ``(B, H, W, C)``; returns ``(B, H, W, C)``."""
+        b, h, w, c = x.shape
         ws = self.window_size
         if h % ws or w % ws:
             raise ValueError(f"WindowAttention input {h}x{w} is not a multiple of the window size {ws}.")
-        # (B, C, H, W) -> (B * windows, ws * ws, C)
-        win = x.reshape(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(-1, ws * ws, c)
+        heads = self.num_heads
+        # (B, H, W, C) -> (B * windows, ws * ws, C)
+        win = x.reshape(b, h // ws, ws, w // ws, ws, c).transpose(2, 3).reshape(-1, ws * ws, c)
         n = ws * ws
-        qkv = self.qkv(win).reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
+        q, k, v = self.qkv(win).reshape(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = self.proj_out(out.transpose(1, 2).reshape(-1, n, c))
-        return out.view(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return out.reshape(b, h // ws, w // ws, ws, ws, c).transpose(2, 3).reshape(b, h, w, c)

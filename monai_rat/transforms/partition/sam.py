@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,8 +67,37 @@ def _builder(model_type: str) -> Callable[..., Any]:
     return builders[model_type]
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_WARNED_WORKER = False
+
+
+def _default_device(requested: str | torch.device | None = None) -> torch.device:
+    """``requested``, or CUDA when available; the CPU, with a warning, where CUDA would crash or is unsafe.
+
+    Inside a ``DataLoader`` worker (a cold region cache makes SAM run there) CUDA is not used by
+    default: Linux forks the workers, and a forked process cannot initialise CUDA once the parent
+    has (``RuntimeError: Cannot re-initialize CUDA in forked subprocess``), and each worker would
+    hold its own copy of SAM on the GPU next to the training. An explicit CUDA ``device`` is kept
+    in a worker unless the worker is such a fork (spawned workers can use CUDA).
+    """
+    global _WARNED_WORKER
+    device = torch.device(requested) if requested is not None else None
+    wants_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    in_worker = torch.utils.data.get_worker_info() is not None
+    if wants_cuda and in_worker and (device is None or torch.cuda._is_in_bad_fork()):
+        if not _WARNED_WORKER:
+            _WARNED_WORKER = True
+            warnings.warn(
+                "SAMPartition: running SAM on the CPU inside a DataLoader worker "
+                + ("(a forked worker cannot initialise CUDA). " if device is not None else "(the default there). ")
+                + "For SAM on the GPU, fill the region cache first (`monai-rat-partition`, or a pass with "
+                "num_workers=0), or pass device='cuda' with DataLoader(multiprocessing_context='spawn').",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return torch.device("cpu")
+    if device is not None:
+        return device
+    return torch.device("cuda" if wants_cuda else "cpu")
 
 
 def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> Any:
@@ -76,7 +106,8 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch
     Args:
         model_type: ``"vit_b"`` (the paper's), ``"vit_l"``, ``"vit_h"`` or a name from :func:`register_sam_model`.
         checkpoint: path of the state-dict file (e.g. ``sam_vit_b_01ec64.pth``).
-        device: where to put the model; CUDA when available by default.
+        device: where to put the model; CUDA when available by default, except inside a forked
+            ``DataLoader`` worker, where it is the CPU with a warning (CUDA cannot be initialised there).
 
     Returns:
         the ``Sam`` model in eval mode.
@@ -89,7 +120,7 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, device: str | torch
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no such SAM checkpoint file {path!r}.")
-    device = torch.device(device) if device is not None else _default_device()
+    device = _default_device(device)
     st = os.stat(path)
     memo = (model_type, os.path.realpath(path), st.st_size, st.st_mtime_ns, str(device))
     with _MODELS_LOCK:
@@ -176,8 +207,9 @@ class SAMPartition(RegionPartitioner):
         model_type: SAM architecture: ``"vit_b"`` (the paper's), ``"vit_l"``, ``"vit_h"``, or a registered name.
         checkpoint: path of the SAM checkpoint (e.g. ``sam_vit_b_01ec64.pth``); exclusive with ``model``.
         model: an already-built ``segment_anything.modeling.Sam``; exclusive with ``checkpoint``.
-        device: device for a model loaded from ``checkpoint`` (CUDA when available by default); a given
-            ``model`` is moved there only when ``device`` is set.
+        device: device for a model loaded from ``checkpoint`` (CUDA when available by default; the CPU
+            with a warning inside ``DataLoader`` workers, see :func:`load_sam`); a given ``model`` is moved
+            there only when ``device`` is set.
         points_per_side, pred_iou_thresh, stability_score_thresh, stability_score_offset, box_nms_thresh,
         crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
         min_mask_region_area: ``SamAutomaticMaskGenerator`` settings (its defaults; ``min_mask_region_area > 0``
