@@ -213,6 +213,13 @@ def test_evaluation_reports_the_model_beside_the_input_and_the_tuned_baselines(t
             assert im.size == (5 * (tile + 4) + 4, tile + 36 + 22), p
     assert (out_dir / "eval" / "overview.png").is_file()
     assert np.load(out_dir / "eval" / "predictions" / "phantom_test_000.npy").dtype == np.float32
+    # the texture each method leaves on flat tissue, in HU, for every method of the summary and the target
+    texture = json.loads((out_dir / "eval" / "texture.json").read_text())
+    assert texture["units"] == "HU" and set(texture["images"]) | set(texture["skipped"]) == {p.stem for p in panels}
+    assert {"low-dose input", "restored (rat)", "full dose"} <= set(texture["summary"])
+    assert len(texture["summary"]) == 3 + len(methods) and "Flat-region texture (HU)" in log
+    s = texture["summary"]  # simulated low dose is noisier than full dose on flat tissue
+    assert s["low-dose input"]["high_pass_rms"] > s["full dose"]["high_pass_rms"]
     # the same command again takes the tuned parameters from the cache
     log = run_bundle(args, trained["cache"])
     assert log.count("from the cache") == len(methods) and "searching" not in log

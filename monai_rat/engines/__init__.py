@@ -19,8 +19,10 @@ from monai_rat.engines.schedule import (
     warmup_cosine_schedule,
 )
 from monai_rat.engines.tensorboard import TensorBoardValidationImages
+from monai_rat.engines.texture import FlatRegionTexture
 
 __all__ = [
+    "FlatRegionTexture",
     "ApplyToKindsd",
     "CopyMetad",
     "InferenceManifest",
