@@ -93,7 +93,7 @@ class ClassicalBaselines:
     is :func:`~monai_rat.transforms.estimate_noise_psd` of the validation residuals, and the parameter
     becomes a factor on that PSD's noise std). Costs: Gaussian, TV and NLM take well under a second per
     256 x 256 image here, BM3D 5-10 s, so a 17-evaluation search of BM3D over a handful of validation
-    images takes minutes; that is why the bundles give it a 3-value grid and 2 refinements.
+    images takes minutes; that is why the bundles give it a short grid (3-4 values) and 2-3 refinements.
 
     Args:
         methods: method names (from :data:`monai_rat.transforms.CLASSICAL_METHODS`, not ``"identity"``:
