@@ -72,12 +72,15 @@ def test_every_network_keeps_odd_sizes_and_takes_regions(name, shape):
     c = 3 if name in ("edsr", "srcnn") else 1
     x = torch.rand(2, c, *shape)
     regions = torch.randint(0, 3, (2, 1, *shape))
+    affine = torch.diag(torch.tensor([0.5, 0.7, 1.0, 1.0], dtype=torch.float64))
     with torch.no_grad():
         y = net(x, regions=regions)
-        y_meta = net(MetaTensor(x), regions)  # MetaTensor in, positional regions (as the inference wrappers call)
+        y_meta = net(MetaTensor(x, affine=affine, meta={"filename_or_obj": "a.png"}), regions)  # positional regions
     assert y.shape == x.shape and torch.isfinite(y).all()
-    assert type(y_meta) is torch.Tensor
-    torch.testing.assert_close(y_meta, y)
+    assert type(y) is torch.Tensor  # plain in, plain out
+    assert isinstance(y_meta, MetaTensor)  # MetaTensor in: the input's geometry on the output (SaveImaged, Invertd)
+    assert torch.equal(y_meta.affine, affine) and y_meta.meta["filename_or_obj"] == "a.png"
+    torch.testing.assert_close(y_meta.as_tensor(), y)
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (9, 8), (17, 30)])
