@@ -1,5 +1,6 @@
 """Engine-side helpers for the monai-rat bundles: region-aware loss adapter, atomic resumable checkpoints,
-metric logs, evaluation baselines and panels, schedule selection and a one-input network view for MONAI's bundle tools."""
+metric logs, evaluation baselines and panels, schedule selection, a one-input network view for MONAI's bundle tools, and
+the sliding-window route (``ConditionRegionsNetwork``: RAT inside MONAI's ``SlidingWindowInferer`` through its ``condition``)."""
 
 import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
 from monai_rat.engines.baselines import ClassicalBaselines
@@ -18,6 +19,7 @@ from monai_rat.engines.schedule import (
     validation_rounds,
     warmup_cosine_schedule,
 )
+from monai_rat.engines.sliding_regions import ConditionRegionsNetwork, FittedSlidingWindowInferer
 from monai_rat.engines.tensorboard import TensorBoardValidationImages
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CheckedCheckpointLoader",
     "ClassicalBaselines",
+    "ConditionRegionsNetwork",
+    "FittedSlidingWindowInferer",
     "NonFiniteLossGuard",
     "MetricsHistory",
     "MetricsSummary",
