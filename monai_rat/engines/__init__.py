@@ -5,7 +5,7 @@ the sliding-window route (``ConditionRegionsNetwork``: RAT inside MONAI's ``Slid
 import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
 from monai_rat.engines.baselines import ClassicalBaselines
 from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader, atomic_torch_save
-from monai_rat.engines.guards import NonFiniteLossGuard, batch_files
+from monai_rat.engines.guards import EngineFlags, NonFiniteLossGuard, batch_files
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
 from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
@@ -32,6 +32,7 @@ __all__ = [
     "ClassicalBaselines",
     "ConditionRegionsNetwork",
     "FittedSlidingWindowInferer",
+    "EngineFlags",
     "NonFiniteLossGuard",
     "MetricsHistory",
     "MetricsSummary",
