@@ -104,6 +104,9 @@ def test_edsr_upscale_gives_pixel_shuffle_super_resolution():
         EDSR(upscale=6)
     with pytest.raises(ValueError, match="global_residual needs upscale 1"):
         EDSR(upscale=2, global_residual=True)
+    with torch.no_grad():  # another size than the input's: its affine would be wrong, so no metadata is copied
+        y = ImageOnly(EDSR(in_channels=3, out_channels=3, upscale=2, feature_size=8, num_res_blocks=1))(MetaTensor(x))
+    assert type(y) is torch.Tensor and y.shape == (1, 3, 18, 22)
 
 
 def test_global_residuals_add_the_input():

@@ -78,7 +78,7 @@ class ImageOnly(BareStateDictWrapper):
     ``PrepareBatchExtraInput``) and their inference wrappers call ``network(x, regions)``, whatever the
     network; the learned baselines (RED-CNN, NAFNet, Restormer, SRCNN, EDSR, RDST) take the image only.
     A MONAI ``MetaTensor`` input is passed on as a plain tensor and its metadata put back on the output
-    (same-size networks: the output is the restored input, with its geometry). The state dict is the bare network's
+    (when the output has the input's spatial size: the restored input, with its geometry). The state dict is the bare network's
     (:class:`BareStateDictWrapper`).
 
     Args:

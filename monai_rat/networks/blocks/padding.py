@@ -18,10 +18,13 @@ def with_meta_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     The networks compute on plain tensors (:func:`plain_tensor`) and put the input's metadata back on
     their same-size output, so ``SaveImaged`` / ``Invertd`` downstream still know the geometry. A plain
-    ``x`` (also under ``torch.jit.trace`` / ``torch.export``) returns ``y`` unchanged. Duck-typed, so
-    the networks do not import ``monai.data`` (seconds).
+    ``x`` (also under ``torch.jit.trace`` / ``torch.export``) returns ``y`` unchanged, and so does an
+    output of another spatial size (e.g. super-resolution), where ``x``'s affine would be wrong.
+    Duck-typed, so the networks do not import ``monai.data`` (seconds).
     """
     if not (isinstance(x, torch.Tensor) and hasattr(x, "copy_meta_from")) or hasattr(y, "copy_meta_from"):
+        return y
+    if y.shape[2:] != x.shape[2:]:
         return y
     return type(x)(y).copy_meta_from(x)  # stays on autograd's graph (MetaTensor wraps y, no copy)
 
