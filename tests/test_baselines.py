@@ -72,12 +72,15 @@ def test_every_network_keeps_odd_sizes_and_takes_regions(name, shape):
     c = 3 if name in ("edsr", "srcnn") else 1
     x = torch.rand(2, c, *shape)
     regions = torch.randint(0, 3, (2, 1, *shape))
+    affine = torch.diag(torch.tensor([0.5, 0.7, 1.0, 1.0], dtype=torch.float64))
     with torch.no_grad():
         y = net(x, regions=regions)
-        y_meta = net(MetaTensor(x), regions)  # MetaTensor in, positional regions (as the inference wrappers call)
+        y_meta = net(MetaTensor(x, affine=affine, meta={"filename_or_obj": "a.png"}), regions)  # positional regions
     assert y.shape == x.shape and torch.isfinite(y).all()
-    assert type(y_meta) is torch.Tensor
-    torch.testing.assert_close(y_meta, y)
+    assert type(y) is torch.Tensor  # plain in, plain out
+    assert isinstance(y_meta, MetaTensor)  # MetaTensor in: the input's geometry on the output (SaveImaged, Invertd)
+    assert torch.equal(y_meta.affine, affine) and y_meta.meta["filename_or_obj"] == "a.png"
+    torch.testing.assert_close(y_meta.as_tensor(), y)
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (9, 8), (17, 30)])
@@ -101,6 +104,9 @@ def test_edsr_upscale_gives_pixel_shuffle_super_resolution():
         EDSR(upscale=6)
     with pytest.raises(ValueError, match="global_residual needs upscale 1"):
         EDSR(upscale=2, global_residual=True)
+    with torch.no_grad():  # another size than the input's: its affine would be wrong, so no metadata is copied
+        y = ImageOnly(EDSR(in_channels=3, out_channels=3, upscale=2, feature_size=8, num_res_blocks=1))(MetaTensor(x))
+    assert type(y) is torch.Tensor and y.shape == (1, 3, 18, 22)
 
 
 def test_global_residuals_add_the_input():

@@ -22,8 +22,8 @@ def test_bundle_files_are_thin_links_and_share_common_config(bundle):
         assert link.is_symlink() and os.readlink(link) == f"configs/{name}"
     text = (ROOT / "bundles" / bundle / "configs" / "train.json").read_text()
     assert '"%bundles/common/rat_network.json#network_def"' in text
-    assert '"%bundles/common/train_common.json#trainer"' in text
-    assert '"%bundles/common/train_common.json#evaluator"' in text
+    assert '"%bundles/common/train_common.json#train_handlers"' in text
+    assert '"%bundles/common/train_common.json#val_handlers"' in text
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
@@ -58,8 +58,7 @@ def test_amp_dtype_is_an_override_that_reaches_the_engines(bundle, config):
     parser["amp_dtype"] = "bfloat16"
     assert parser.get_parsed_content("amp_kwargs") == {"dtype": torch.bfloat16}
     if config == "train.json":
-        common = ConfigParser.load_config_file(ROOT / "bundles" / "common" / "train_common.json")
-        engines = [common["trainer"], common["evaluator"]]
+        engines = [parser.get("train#trainer"), parser.get("validate#evaluator")]
     else:
         engines = [parser.get("evaluator")]
     for engine in engines:

@@ -136,6 +136,23 @@ def test_float_regions_with_integral_values_and_metatensor_inputs():
         torch.testing.assert_close(model(MetaTensor(x), MetaTensor(r[:, 0].double())), y)
 
 
+def test_metatensor_input_keeps_its_metadata_on_the_output():
+    """A drop-in for MONAI pipelines: SaveImaged / Invertd read the output's affine; a plain input stays plain."""
+    model = _randomised(RAT(**SMALL))
+    affine = torch.diag(torch.tensor([0.5, 0.7, 1.0, 1.0], dtype=torch.float64))
+    x = MetaTensor(torch.rand(1, 1, 20, 18), affine=affine, meta={"filename_or_obj": "slice.dcm"})
+    x.applied_operations = [{"class": "Spacingd"}]
+    r = _regions(1, 20, 18)
+    y = model(x, r)
+    assert isinstance(y, MetaTensor) and torch.equal(y.affine, affine)
+    assert y.meta["filename_or_obj"] == "slice.dcm" and y.applied_operations == x.applied_operations
+    assert y.requires_grad  # still on autograd's graph, so training with MetaTensor batches learns
+    with torch.no_grad():
+        plain = model(x.as_tensor(), r)
+    assert type(plain) is torch.Tensor
+    torch.testing.assert_close(y.detach().as_tensor(), plain)
+
+
 def test_bad_inputs_raise_clear_errors():
     model = RAT(**SMALL)
     x = torch.rand(2, 1, 16, 16)

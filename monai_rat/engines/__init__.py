@@ -1,10 +1,11 @@
 """Engine-side helpers for the monai-rat bundles: region-aware loss adapter, atomic resumable checkpoints,
-metric logs, evaluation baselines and panels, schedule selection and a one-input network view for MONAI's bundle tools."""
+metric logs, evaluation baselines and panels, schedule selection, a one-input network view for MONAI's bundle tools, and
+the sliding-window route (``ConditionRegionsNetwork``: RAT inside MONAI's ``SlidingWindowInferer`` through its ``condition``)."""
 
 import monai_rat.metrics  # noqa: F401  (the bundles' config expressions use monai_rat.metrics)
 from monai_rat.engines.baselines import ClassicalBaselines
 from monai_rat.engines.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader, atomic_torch_save
-from monai_rat.engines.guards import NonFiniteLossGuard, batch_files
+from monai_rat.engines.guards import EngineFlags, NonFiniteLossGuard, batch_files
 from monai_rat.engines.inference import ApplyToKindsd, CopyMetad, file_kind, inference_datalist
 from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
@@ -18,6 +19,7 @@ from monai_rat.engines.schedule import (
     validation_rounds,
     warmup_cosine_schedule,
 )
+from monai_rat.engines.sliding_regions import ConditionRegionsNetwork, FittedSlidingWindowInferer
 from monai_rat.engines.tensorboard import TensorBoardValidationImages
 from monai_rat.engines.texture import FlatRegionTexture
 
@@ -30,6 +32,9 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CheckedCheckpointLoader",
     "ClassicalBaselines",
+    "ConditionRegionsNetwork",
+    "FittedSlidingWindowInferer",
+    "EngineFlags",
     "NonFiniteLossGuard",
     "MetricsHistory",
     "MetricsSummary",

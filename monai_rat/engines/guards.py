@@ -1,4 +1,5 @@
-"""Stop training on a non-finite loss, naming the batch's files, before the optimiser step and any checkpoint."""
+"""Stop training on a non-finite loss, naming the batch's files, before the optimiser step and any checkpoint;
+read engine on/off flags given as strings on the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["NonFiniteLossGuard", "batch_files"]
+__all__ = ["EngineFlags", "NonFiniteLossGuard", "batch_files"]
 
 
 def _names(meta: Any) -> list[str]:
@@ -50,6 +51,36 @@ def batch_files(batch: Any, keys: Sequence[str] = ("image", "label")) -> list[st
         where = f" (slice {slices[i]})" if i < len(slices) and slices[i] is not None else ""
         out.append(" / ".join(repr(f) for f in unique) + where)
     return out
+
+
+class EngineFlags:
+    """Make an engine's on/off attributes (``amp``) bools when an override gave them as strings.
+
+    ``python -m monai.bundle run ... --validate#evaluator#amp false`` replaces the engine's argument
+    with the *string* ``"false"`` (Python's ``fire`` turns only ``False`` into a bool), which is truthy:
+    the engine would run with mixed precision. Attached when the engine is built (before it runs or
+    makes its gradient scaler), this reads each named attribute with :func:`monai_rat.utils.as_flag`.
+
+    Args:
+        names: the engine attributes to read as flags.
+
+    Raises:
+        ValueError: at attach time, for a value that is not true/false (``as_flag``'s spellings).
+    """
+
+    def __init__(self, names: Sequence[str] = ("amp",)) -> None:
+        self.names = list(names)
+
+    def attach(self, engine: Any) -> None:
+        """Replace each named attribute of ``engine`` by its bool.
+
+        Args:
+            engine: a MONAI workflow (trainer or evaluator).
+        """
+        from monai_rat.utils import as_flag
+
+        for name in self.names:
+            setattr(engine, name, as_flag(getattr(engine, name), f"{type(engine).__name__}.{name}"))
 
 
 class NonFiniteLossGuard:

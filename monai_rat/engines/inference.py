@@ -203,8 +203,9 @@ class ApplyToKindsd(MapTransform):
 class CopyMetad(MapTransform):
     """Give ``data[key]`` the metadata (affine, file name) of ``data[source_key]``.
 
-    RAT returns a plain tensor (it drops MONAI metadata for speed); writers such as ``SaveImaged`` need
-    the input's affine and file name to place and name the output.
+    The networks keep a ``MetaTensor`` input's metadata on their output, but a prediction that went
+    through plain-tensor steps (post-processing, a custom inferer) may not; writers such as ``SaveImaged``
+    need the input's affine and file name to place and name the output, and the spatial shape of what is written.
 
     Args:
         keys: keys of the tensors to receive the metadata (e.g. "pred").

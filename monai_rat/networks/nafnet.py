@@ -83,9 +83,10 @@ class NAFNet(NAFUShape):
         """Restore ``x``.
 
         Args:
-            x: ``(B, in_channels, H, W)`` float image (a MONAI ``MetaTensor`` is used as a plain tensor), any H, W.
+            x: ``(B, in_channels, H, W)`` float image any H, W (a MONAI ``MetaTensor`` gives a ``MetaTensor`` output with its metadata).
 
         Raises:
             ValueError: when ``x`` is not ``(B, in_channels, H, W)``.
         """
-        return self.restore(self.check_input(x), self.middle_blks)
+        self.check_input(x)
+        return self.restore(x, self.middle_blks)

@@ -129,15 +129,15 @@ class RAT(NAFUShape):
         """Restore ``x``.
 
         Args:
-            x: (B, C, H, W) float image, any H and W.
+            x: (B, C, H, W) float image, any H and W; a MONAI ``MetaTensor`` gives a ``MetaTensor`` output
+                with the same metadata (affine, file name), a plain tensor a plain tensor.
             regions: (B, 1, H, W) or (B, H, W) integer region labels at input resolution (any values,
                 any number per image). Required for ``attention="region"``; ignored otherwise.
 
         Raises:
             ValueError: when ``x`` has the wrong shape or channels, or ``regions`` is missing or malformed.
         """
-        x = self.check_input(x)
-        b, _, h, w = x.shape
+        b, _, h, w = self.check_input(x).shape
         plan = None
         if self.attention == "region":
             if regions is None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_rat.networks.blocks.padding import plain_tensor
+from monai_rat.networks.blocks.padding import plain_tensor, with_meta_of
 from monai_rat.networks.record import NETWORK_RECORD_KEY
 
 __all__ = ["BareStateDictWrapper", "ImageOnly"]
@@ -77,7 +77,8 @@ class ImageOnly(BareStateDictWrapper):
     The bundles' engines call ``network(image, regions=batch["regions"])`` (MONAI's
     ``PrepareBatchExtraInput``) and their inference wrappers call ``network(x, regions)``, whatever the
     network; the learned baselines (RED-CNN, NAFNet, Restormer, SRCNN, EDSR, RDST) take the image only.
-    A MONAI ``MetaTensor`` input is passed on as a plain tensor. The state dict is the bare network's
+    A MONAI ``MetaTensor`` input is passed on as a plain tensor and its metadata put back on the output
+    (when the output has the input's spatial size: the restored input, with its geometry). The state dict is the bare network's
     (:class:`BareStateDictWrapper`).
 
     Args:
@@ -88,5 +89,5 @@ class ImageOnly(BareStateDictWrapper):
     """
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
-        """``network(x)``; ``regions`` (any value, or ``None``) is not used."""
-        return self.network(plain_tensor(x))
+        """``network(x)`` with ``x``'s MONAI metadata on the output; ``regions`` (any value, or ``None``) is not used."""
+        return with_meta_of(self.network(plain_tensor(x)), x)

@@ -5,12 +5,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pad_to_multiple", "plain_tensor"]
+__all__ = ["pad_to_multiple", "plain_tensor", "with_meta_of"]
 
 
 def plain_tensor(x: torch.Tensor) -> torch.Tensor:
     """``x`` without MONAI ``MetaTensor`` metadata (tracking it through every layer only costs time)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def with_meta_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` carrying ``x``'s MONAI metadata (meta dict, affine, applied operations) when ``x`` is a ``MetaTensor``.
+
+    The networks compute on plain tensors (:func:`plain_tensor`) and put the input's metadata back on
+    their same-size output, so ``SaveImaged`` / ``Invertd`` downstream still know the geometry. A plain
+    ``x`` (also under ``torch.jit.trace`` / ``torch.export``) returns ``y`` unchanged, and so does an
+    output of another spatial size (e.g. super-resolution), where ``x``'s affine would be wrong.
+    Duck-typed, so the networks do not import ``monai.data`` (seconds).
+    """
+    if not (isinstance(x, torch.Tensor) and hasattr(x, "copy_meta_from")) or hasattr(y, "copy_meta_from"):
+        return y
+    if y.shape[2:] != x.shape[2:]:
+        return y
+    return type(x)(y).copy_meta_from(x)  # stays on autograd's graph (MetaTensor wraps y, no copy)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> torch.Tensor:

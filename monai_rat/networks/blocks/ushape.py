@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from monai_rat.networks.blocks.nafblock import NAFBlock
-from monai_rat.networks.blocks.padding import pad_to_multiple, plain_tensor
+from monai_rat.networks.blocks.padding import pad_to_multiple, plain_tensor, with_meta_of
 
 __all__ = ["NAFUShape"]
 
@@ -108,10 +108,14 @@ class NAFUShape(nn.Module):
     def restore(self, x: torch.Tensor, latent: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Run the U-shape on a checked ``x`` (see :meth:`check_input`) with ``latent`` as its latent stage.
 
+        The computation runs on a plain tensor; a ``MetaTensor`` ``x`` gives a ``MetaTensor`` output with
+        ``x``'s metadata (affine, file name), so MONAI's writers and ``Invertd`` still know the geometry.
+
         Args:
-            x: ``(B, in_channels, H, W)`` plain tensor, any H and W.
+            x: ``(B, in_channels, H, W)`` tensor or ``MetaTensor``, any H and W.
             latent: ``features -> features`` at 1/2**levels of the padded size (e.g. ``self.middle_blks``).
         """
+        source, x = x, plain_tensor(x)
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.pad_multiple)
         y = self.intro(x)
@@ -124,4 +128,4 @@ class NAFUShape(nn.Module):
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
             y = decoder(up(y) + skip)
         y = self.ending(y) + x
-        return y[..., :h, :w]
+        return with_meta_of(y[..., :h, :w], source)

@@ -1,0 +1,76 @@
+"""MONAI's standard command-line overrides reach inside each bundle's engines (no training is run).
+
+``--train#trainer#max_epochs 1``, ``--validate#evaluator#amp false`` and ``--train#dataloader#num_workers 0``
+are what model-zoo users and MONAI Label's ``BundleTrainTask`` set. MONAI applies overrides before it
+expands ``%`` macros, so each override has to land on a dict written in the bundle's own train.json.
+The engines are built with one-item datasets and a temporary output folder, so nothing is trained or
+written into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from bundle_helpers import ROOT
+
+BUNDLES = ("ct", "pet", "pathology")
+
+
+def _tiny_overrides(tmp_path) -> dict:
+    """Overrides that keep the engines cheap to build: one-item datasets, outputs under ``tmp_path``."""
+    tiny = {"_target_": "Dataset", "data": [{}]}
+    return {"output_dir": str(tmp_path), "train#dataset": tiny, "validate#dataset": tiny}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_standard_overrides_reach_the_engines(bundle, tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(ROOT)  # the bundles' % macros are relative to the repository root
+    overrides = {"train#trainer#max_epochs": 1, "validate#evaluator#amp": "false", "train#dataloader#num_workers": 0,
+                 "train#trainer#amp": "True", **_tiny_overrides(tmp_path)}  # fmt: skip
+    workflow = ConfigWorkflow(config_file=f"bundles/{bundle}/train.json", workflow_type="train", **overrides)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert trainer.state.max_epochs == 1
+    assert evaluator.amp is False  # the string "false" (as fire passes it) is read as a flag, not as truthy text
+    assert trainer.amp is True
+    assert trainer.data_loader.num_workers == 0
+
+
+def test_a_misspelt_flag_override_fails_naming_it(tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(ROOT)
+    workflow = ConfigWorkflow(config_file="bundles/ct/train.json", workflow_type="train",
+                              **{"validate#evaluator#amp": "flase", **_tiny_overrides(tmp_path)})  # fmt: skip
+    with pytest.raises(Exception) as err:
+        workflow.parser.get_parsed_content("validate#evaluator")
+    chain = [err.value, err.value.__cause__, err.value.__context__]
+    assert any(isinstance(e, ValueError) and "SupervisedEvaluator.amp must be true or false, got 'flase'" in str(e) for e in chain)
+
+
+def test_the_engines_are_one_definition_in_three_bundles():
+    """The trainer and evaluator are written out per bundle (for the overrides); they must not drift apart."""
+    configs = {b: json.loads((ROOT / "bundles" / b / "configs" / "train.json").read_text()) for b in BUNDLES}
+    for key in (("train", "trainer"), ("validate", "evaluator")):
+        engines = {b: c[key[0]][key[1]] for b, c in configs.items()}
+        assert isinstance(engines["ct"], dict) and engines["ct"]["_target_"] in ("SupervisedTrainer", "SupervisedEvaluator")
+        assert engines["pet"] == engines["ct"] and engines["pathology"] == engines["ct"], "#".join(key)
+
+
+def test_overrides_from_the_command_line(tmp_path):
+    """The user's own command, with the values as text (``false``, ``1``, ``0``), printing what the engines got."""
+    report = "$print('ENGINES', @train#trainer.state.max_epochs, @validate#evaluator.amp, @train#dataloader.num_workers)"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json",
+           "--train#trainer#max_epochs", "1", "--validate#evaluator#amp", "false", "--train#dataloader#num_workers", "0",
+           "--output_dir", str(tmp_path), "--train#dataset", "{'_target_': 'Dataset', 'data': [{}]}",
+           "--validate#dataset", "{'_target_': 'Dataset', 'data': [{}]}", "--training", f'["{report}"]']  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ENGINES 1 False 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
