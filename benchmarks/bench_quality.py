@@ -179,7 +179,7 @@ def training_command(task: str, run: Run, budget: dict, args) -> list[str]:
     if m.feature_size is not None:
         cmd += ["--feature_size", str(m.feature_size)]
     else:
-        cmd += ["--feature_size", "null"]
+        cmd += ["--feature_size", "None"]  # the bundle CLI (fire) reads None as None; "null" stays a string
     for key in ("patch_size", "batch_size", "num_threads"):
         if key in budget:
             cmd += [f"--{key}", _fmt(budget[key])]

@@ -27,6 +27,12 @@ def test_plan_uses_the_same_budget_for_every_method_and_rat_rate_for_ablations(t
     assert cmds["rat_single"][cmds["rat_single"].index("--region_method") + 1] == "single"
     assert "'attention': 'global'" in cmds["rat_global"][cmds["rat_global"].index("--network_kwargs") + 1].replace('"', "'")
     assert all(bq.QUICK_METHODS[k].kind == "ablation" for k in bq.ABLATIONS)
+    # SRCNN has no width: the bundle must receive None (the CLI, fire, keeps "null" as a string, which failed)
+    import fire
+
+    srcnn = bq.training_command("pathology", bq.Run(bq.QUICK_METHODS["srcnn"], 1e-3, 0, tmp_path / "s"), budget, args)
+    width = srcnn[srcnn.index("--feature_size") + 1]
+    assert fire.Fire(lambda feature_size=8: feature_size, command=["--feature_size", width]) is None
     ev = bq.evaluation_command("ct", bq.Run(bq.QUICK_METHODS["rat"], 1e-3, 0, tmp_path / "r"), budget, args)
     assert ev[:2] == ["run", "evaluating"] and "--save_predictions" in ev and "--num_iterations" not in ev
 
