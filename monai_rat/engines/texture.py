@@ -91,7 +91,9 @@ class FlatRegionTexture:
         self.images, self.skipped = {}, {}
 
     def _grey(self, x: Any) -> np.ndarray:
-        a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+        from monai_rat.engines.panels import _np
+
+        a = _np(x).astype(np.float64)
         a = a.mean(axis=0) if a.ndim == 3 else a  # (C, H, W) -> (H, W); grey images have C = 1
         return a * self.scale + self.offset
 
