@@ -343,7 +343,7 @@ def load_split(task: str, args, split: str) -> list[dict]:
     if getattr(args, "demo_options", None):
         parser["demo_options"] = args.demo_options
     cwd = os.getcwd()
-    os.chdir(ROOT)  # the bundles' % macros are relative to the repository root
+    os.chdir(ROOT)  # relative paths in the arguments are the repository root's, as for the training commands
     try:
         items = parser.get_parsed_content("datalist")[split]
         transform = parser.get_parsed_content("validate#preprocessing")

@@ -10,8 +10,8 @@
   machinery), with its stdout and stderr in its own log, and exits with the code that command would
   (an uncaught exception: ``sys.excepthook``, status 1).
 
-Every process runs from the repository root with one OpenMP / MKL thread, ``MONAI_RAT_CACHE`` set to
-the test's cache folder (demo data) and the repository on ``PYTHONPATH``.
+Every process runs from the repository root (or ``cwd``) with one OpenMP / MKL thread, ``MONAI_RAT_CACHE``
+set to the test's cache folder (demo data) and the repository on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def bundle_env(cache: Path) -> dict:
     return env
 
 
-def run_bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None) -> str:
+def run_bundle(
+    args: list[str], cache: Path, timeout: int = 300, launcher: list[str] | None = None, cwd: Path = ROOT
+) -> str:
     """Run ``python -m monai.bundle <args>`` from the repository root; return its output, fail with it.
 
     Args:
@@ -58,10 +60,11 @@ def run_bundle(args: list[str], cache: Path, timeout: int = 300, launcher: list[
         cache: ``MONAI_RAT_CACHE`` for the command.
         timeout: seconds.
         launcher: the interpreter part (default ``[sys.executable]``; e.g. ``torch.distributed.run``).
+        cwd: the working directory (default the repository root).
     """
     cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
     proc = subprocess.run(
-        cmd, cwd=ROOT, env=bundle_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        cmd, cwd=cwd, env=bundle_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-6000:]}"
@@ -105,7 +108,9 @@ print(json.dumps(results))
 """
 
 
-def run_bundle_commands(commands: list[list[str]], cache: Path, log_dir: Path, timeout: int = 300) -> list[dict]:
+def run_bundle_commands(
+    commands: list[list[str]], cache: Path, log_dir: Path, timeout: int = 300, cwd: Path = ROOT
+) -> list[dict]:
     """Run several ``python -m monai.bundle`` command lines, one after the other, each in a forked child.
 
     See the module docstring. POSIX only (``os.fork``).
@@ -115,6 +120,7 @@ def run_bundle_commands(commands: list[list[str]], cache: Path, log_dir: Path, t
         cache: ``MONAI_RAT_CACHE`` for the commands.
         log_dir: where each command's output is written (``cmd_<i>.log``).
         timeout: seconds for all of them together.
+        cwd: the working directory of every command (default the repository root).
 
     Returns:
         one ``{"returncode": int, "output": str, "seconds": float}`` per command, in order.
@@ -123,7 +129,7 @@ def run_bundle_commands(commands: list[list[str]], cache: Path, log_dir: Path, t
     logs = [str(log_dir / f"cmd_{i}.log") for i in range(len(commands))]
     proc = subprocess.run(
         [sys.executable, "-c", _FORKED_RUNNER, json.dumps(commands), json.dumps(logs)],
-        cwd=ROOT, env=bundle_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        cwd=cwd, env=bundle_env(cache), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.returncode == 0, f"the command runner failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}"
     results = json.loads(proc.stdout.strip().splitlines()[-1])

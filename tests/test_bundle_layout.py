@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -16,14 +17,23 @@ BUNDLES = {
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_bundle_files_are_thin_links_and_share_common_config(bundle):
+def test_bundle_files_are_thin_links_and_hold_copies_of_the_shared_config(bundle):
+    """Top-level links to configs/; the shared entries are literal copies (listed in ``_shared_``), not file macros."""
+    from monai_rat.bundle.sync import _file_macros
+
     for name in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf"):
         link = ROOT / "bundles" / bundle / name
         assert link.is_symlink() and os.readlink(link) == f"configs/{name}"
-    text = (ROOT / "bundles" / bundle / "configs" / "train.json").read_text()
-    assert '"%bundles/common/rat_network.json#network_def"' in text
-    assert '"%bundles/common/train_common.json#train_handlers"' in text
-    assert '"%bundles/common/train_common.json#val_handlers"' in text
+    configs = ROOT / "bundles" / bundle / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    assert train["_shared_"]["network_def"] == "rat_network.json#network_def"
+    assert train["_shared_"]["train#common_handlers"] == "train_common.json#train_handlers"
+    assert train["_shared_"]["validate#common_handlers"] == "train_common.json#val_handlers"
+    assert train["_shared_"]["train#trainer"] == "train_common.json#trainer"
+    assert isinstance(train["network_def"], dict) and isinstance(train["train"]["common_handlers"], list)
+    assert train["bundle_root"] == "$monai_rat.bundle.bundle_root()"
+    for f in sorted(configs.glob("*.json")):
+        assert not _file_macros(json.loads(f.read_text())), f"{f}: a '%' macro names a file (the bundle would not be self-contained)"
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))

@@ -2,9 +2,10 @@
 
 ``--train#trainer#max_epochs 1``, ``--validate#evaluator#amp false`` and ``--train#dataloader#num_workers 0``
 are what model-zoo users and MONAI Label's ``BundleTrainTask`` set. MONAI applies overrides before it
-expands ``%`` macros, so each override has to land on a dict written in the bundle's own train.json.
-The engines are built with one-item datasets and a temporary output folder, so nothing is trained or
-written into the repository.
+expands ``%`` macros, so each override has to land on a dict written in the bundle's own train.json (the
+engines are literal copies of ``monai_rat/bundle/shared/train_common.json``, see ``monai_rat.bundle.sync``).
+The engines are built with one-item datasets and a temporary output folder, from a working directory
+outside the repository, so nothing is trained or written into the repository.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def _tiny_overrides(tmp_path) -> dict:
 def test_standard_overrides_reach_the_engines(bundle, tmp_path, monkeypatch):
     from monai.bundle import ConfigWorkflow
 
-    monkeypatch.chdir(ROOT)  # the bundles' % macros are relative to the repository root
+    monkeypatch.chdir(tmp_path)  # any working directory: the bundles are self-contained
     overrides = {"train#trainer#max_epochs": 1, "validate#evaluator#amp": "false", "train#dataloader#num_workers": 0,
                  "train#trainer#amp": "True", **_tiny_overrides(tmp_path)}  # fmt: skip
-    workflow = ConfigWorkflow(config_file=f"bundles/{bundle}/train.json", workflow_type="train", **overrides)
+    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / bundle / "train.json"), workflow_type="train", **overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert trainer.state.max_epochs == 1
@@ -45,8 +46,8 @@ def test_standard_overrides_reach_the_engines(bundle, tmp_path, monkeypatch):
 def test_a_misspelt_flag_override_fails_naming_it(tmp_path, monkeypatch):
     from monai.bundle import ConfigWorkflow
 
-    monkeypatch.chdir(ROOT)
-    workflow = ConfigWorkflow(config_file="bundles/ct/train.json", workflow_type="train",
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / "ct" / "train.json"), workflow_type="train",
                               **{"validate#evaluator#amp": "flase", **_tiny_overrides(tmp_path)})  # fmt: skip
     with pytest.raises(Exception) as err:
         workflow.parser.get_parsed_content("validate#evaluator")
@@ -55,22 +56,27 @@ def test_a_misspelt_flag_override_fails_naming_it(tmp_path, monkeypatch):
 
 
 def test_the_engines_are_one_definition_in_three_bundles():
-    """The trainer and evaluator are written out per bundle (for the overrides); they must not drift apart."""
+    """The trainer and evaluator are written out per bundle (for the overrides), as copies of the shared definition."""
+    from monai_rat.bundle import SHARED_DIR
+
+    shared = json.loads((SHARED_DIR / "train_common.json").read_text())
     configs = {b: json.loads((ROOT / "bundles" / b / "configs" / "train.json").read_text()) for b in BUNDLES}
-    for key in (("train", "trainer"), ("validate", "evaluator")):
+    for key, source in ((("train", "trainer"), "trainer"), (("validate", "evaluator"), "evaluator")):
         engines = {b: c[key[0]][key[1]] for b, c in configs.items()}
         assert isinstance(engines["ct"], dict) and engines["ct"]["_target_"] in ("SupervisedTrainer", "SupervisedEvaluator")
         assert engines["pet"] == engines["ct"] and engines["pathology"] == engines["ct"], "#".join(key)
+        assert engines["ct"] == shared[source], "#".join(key)
+        assert all(c["_shared_"]["#".join(key)] == f"train_common.json#{source}" for c in configs.values()), "#".join(key)
 
 
 def test_overrides_from_the_command_line(tmp_path):
     """The user's own command, with the values as text (``false``, ``1``, ``0``), printing what the engines got."""
     report = "$print('ENGINES', @train#trainer.state.max_epochs, @validate#evaluator.amp, @train#dataloader.num_workers)"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json",
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(ROOT / "bundles" / "ct" / "train.json"),
            "--train#trainer#max_epochs", "1", "--validate#evaluator#amp", "false", "--train#dataloader#num_workers", "0",
            "--output_dir", str(tmp_path), "--train#dataset", "{'_target_': 'Dataset', 'data': [{}]}",
            "--validate#dataset", "{'_target_': 'Dataset', 'data': [{}]}", "--training", f'["{report}"]']  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ENGINES 1 False 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -45,7 +45,7 @@ def test_tiny_training_run(trained):
 
 def test_patch_size_is_the_datalist_min_size_and_overlay_resolves():
     """An image smaller than the patch fails in pathology_datalist (tested in test_pathology_data.py) because the
-    bundle passes min_size=max(patch_size); the multi-GPU overlay's macros resolve (the PET bundle runs it)."""
+    bundle passes min_size=max(patch_size); the multi-GPU overlay resolves (the PET bundle runs it)."""
     from monai.bundle import ConfigParser
 
     text = (ROOT / "bundles" / "pathology" / "configs" / "train.json").read_text()

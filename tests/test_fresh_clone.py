@@ -100,7 +100,7 @@ def test_default_caches_are_in_the_user_cache_not_the_source_tree(bundle, tmp_pa
 
     from monai_rat.data import default_cache_dir
 
-    monkeypatch.chdir(REPO)  # the bundles' `%bundles/...` macros are relative to the repository root
+    monkeypatch.chdir(tmp_path)  # any working directory: the bundles are self-contained
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     for env, root in ((None, home / ".cache" / "monai_rat"), (str(tmp_path / "mine"), tmp_path / "mine")):

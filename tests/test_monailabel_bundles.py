@@ -202,7 +202,7 @@ def test_nrrd_input_as_3d_slicer_may_send_it(tmp_path):
 
 
 def test_pet_bundle_serves_from_any_working_directory_in_the_input_units(tmp_path, monkeypatch):
-    """The PET bundle's '%bundles/common' macros resolve from another working directory; its per-slice app
+    """The PET bundle loads from another working directory (self-contained); its per-slice app
     transforms normalise by SUV (sidecar) and Invertd brings the prediction back to Bq/mL."""
     import json
 

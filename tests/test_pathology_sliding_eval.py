@@ -71,11 +71,16 @@ def _per_image(eval_dir: Path, metric: str) -> dict[str, float]:
 
 
 def test_evaluation_config_shares_the_inference_route():
-    """evaluate.json includes inference.json's wrapper, prepare_batch, condition transform and inferer (no copies)."""
-    text = (ROOT / "bundles" / "pathology" / "configs" / "evaluate.json").read_text()
-    for entry in ("network_def", "prepare_batch", "regions_to_condition", "inferer", "roi_size", "overlap"):
-        assert f'"%bundles/pathology/configs/inference.json#{entry}"' in text, entry
-    assert '"_target_"' not in text  # no component defined here: nothing copied from inference.json
+    """evaluate.json holds inference.json's wrapper, prepare_batch, condition transform and inferer as copies that
+    ``python -m monai_rat.bundle.sync --check`` keeps equal to inference.json's (its ``_shared_`` map names them)."""
+    import json
+
+    configs = ROOT / "bundles" / "pathology" / "configs"
+    evaluate, inference = (json.loads((configs / f).read_text()) for f in ("evaluate.json", "inference.json"))
+    for entry in ("network_def", "prepare_batch", "regions_to_condition", "inferer", "roi_size", "overlap", "sw_batch_size"):
+        cid = "validate#inferer" if entry == "inferer" else entry
+        assert evaluate["_shared_"][cid] == f"./inference.json#{entry}", entry
+        assert evaluate[cid] == inference[entry], entry
     parser = _merged_parser(8)
     parser.parse()
     assert parser.get("validate#inferer")["_target_"].endswith("SlidingWindowInferer") and parser.get("validate#inferer")["mode"] == "gaussian"

@@ -69,8 +69,7 @@ def default_bundles_dir() -> Path:
 def available_models(bundles_dir: str | os.PathLike) -> list[str]:
     """Names of the bundles under ``bundles_dir`` that the app can serve, sorted.
 
-    A sub-folder counts when it holds ``configs/inference.json`` and ``configs/metadata.json``
-    (``bundles/common``, which holds shared training settings only, does not).
+    A sub-folder counts when it holds ``configs/inference.json`` and ``configs/metadata.json``.
 
     Args:
         bundles_dir: the folder of bundles.
@@ -207,19 +206,8 @@ class RATBundle:
         parser = ConfigParser()
         parser.read_config(str(self.config_file))
         parser.read_meta(str(self.meta_file))
-        # "%bundles/common/..." macros name files relative to the repository root (the bundles' parent's parent);
-        # resolve them now, from there, so the server works from any working directory
-        cwd = os.getcwd()
-        try:
-            os.chdir(self.bundle_dir.parent.parent)
-            parser.resolve_macro_and_relative_ids()
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"Bundle {name!r}: a '%' macro of {self.config_file} names a missing file ({e}); macro paths are relative "
-                f"to {self.bundle_dir.parent.parent} (the folder that holds bundles/)."
-            ) from e
-        finally:
-            os.chdir(cwd)
+        # the bundle is self-contained (no '%' macro names a file), so it loads from any working directory;
+        # bundle_root would find the folder from a `monai.bundle` command line, which the server does not have
         parser["bundle_root"] = str(self.bundle_dir)
         for cid, value in self.overrides.items():
             try:
@@ -257,7 +245,7 @@ class RATBundle:
         train = f"{rel}/train.json" if (self.bundle_dir / "train.json").exists() else f"{rel}/configs/train.json"
         return (
             f"Model {self.name!r} has no checkpoint: {self.ckpt_path} does not exist. Make one by training the bundle, "
-            f"e.g. `python -m monai.bundle run training --config_file {train}` from the repository root "
+            f"e.g. `python -m monai.bundle run training --config_file {train}` "
             f"(see {rel}/docs/README.md), "
             f"then copy the best weights there: `cp {rel}/runs/<run>/models/model.pt {self.ckpt_path}`; or start the "
             f"server with `--conf {self.name}.ckpt_path /path/to/model.pt` (a checkpoint saved by monai-rat records its "
