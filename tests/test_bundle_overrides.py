@@ -1,4 +1,5 @@
-"""MONAI's standard command-line overrides reach inside each bundle's engines (no training is run).
+"""MONAI's standard command-line overrides reach inside each bundle's engines, and MONAI's standard properties
+are there (``check_properties`` for the train and infer workflows); no training is run.
 
 ``--train#trainer#max_epochs 1``, ``--validate#evaluator#amp false`` and ``--train#dataloader#num_workers 0``
 are what model-zoo users and MONAI Label's ``BundleTrainTask`` set. MONAI applies overrides before it
@@ -80,3 +81,60 @@ def test_overrides_from_the_command_line(tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ENGINES 1 False 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def _check_properties(workflow) -> list:
+    """``workflow.initialize()`` then ``check_properties()``, leaving torch's thread count and RNG flags as they were."""
+    import torch
+    from monai.utils import set_determinism
+
+    threads = torch.get_num_threads()
+    try:
+        workflow.initialize()  # the bundle's own initialize: set_num_threads, set_determinism
+        return workflow.check_properties()
+    finally:
+        torch.set_num_threads(threads)
+        set_determinism(seed=None)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_workflow_has_the_standard_properties(bundle, tmp_path, monkeypatch):
+    """MONAI's TrainProperties (bundle_root, device, dataset_dir, trainer, max_epochs, train_dataset, train_inferer;
+    the optional ones that the config refers to under their standard ids): nothing missing or misnamed."""
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / bundle / "train.json"), workflow_type="train",
+                              **_tiny_overrides(tmp_path))  # fmt: skip
+    assert _check_properties(workflow) == []
+    assert workflow.bundle_root == str(ROOT / "bundles" / bundle)  # the config's folder, not the working directory
+    assert workflow.max_epochs == workflow.trainer.state.max_epochs
+    assert workflow.parser["train#handlers"] == []  # MONAI reads each entry as a handler dict
+    # ... and the region loss is still attached to the trainer (monai_rat.engines.with_loss_handler), once
+    loss = workflow.parser.get_parsed_content("loss")
+    assert loss._engine() is workflow.trainer
+    assert sum(h is loss for h in workflow.parser.get_parsed_content("train#trainer#train_handlers")) == 1
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_infer_workflow_has_the_standard_properties_and_reads_dataset_dir(bundle, tmp_path, monkeypatch):
+    """MONAI's InferProperties (bundle_root, device, dataset_dir, dataset, evaluator, network_def, inferer, ...);
+    ``dataset_dir`` is what inference restores when ``input_path`` is not given."""
+    import nibabel as nib
+    import numpy as np
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "in"
+    data.mkdir()
+    if bundle == "pathology":
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "a.png")
+    else:
+        nib.save(nib.Nifti1Image(np.ones((32, 32) if bundle == "ct" else (32, 32, 2), np.float32), np.eye(4)), str(data / "a.nii.gz"))
+    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / bundle / "inference.json"), workflow_type="infer",
+                              dataset_dir=str(data), output_dir=str(tmp_path / "out"), feature_size=8,
+                              region_cache_dir=str(tmp_path / "regions"))  # fmt: skip
+    assert _check_properties(workflow) == []
+    assert [d["image"] for d in workflow.dataset.data] == [str(next(data.iterdir()))]
+    assert workflow.bundle_root == str(ROOT / "bundles" / bundle)

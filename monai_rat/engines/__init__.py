@@ -11,7 +11,7 @@ from monai_rat.engines.inference_run import InferenceManifest, InferenceProgress
 from monai_rat.engines.metrics import MetricsHistory, MetricsSummary
 from monai_rat.engines.networks import RegionMapNetwork
 from monai_rat.engines.panels import RestorationPanels
-from monai_rat.engines.region_loss import RegionLossAdapter
+from monai_rat.engines.region_loss import RegionLossAdapter, with_loss_handler
 from monai_rat.engines.schedule import (
     WarmupCosine,
     default_amp_dtype,
@@ -51,4 +51,5 @@ __all__ = [
     "validation_rounds",
     "WarmupCosine",
     "warmup_cosine_schedule",
+    "with_loss_handler",
 ]

@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["RegionLossAdapter"]
+__all__ = ["RegionLossAdapter", "with_loss_handler"]
+
+
+def with_loss_handler(handlers: Sequence[Any], loss: Any) -> list:
+    """``handlers`` plus ``loss`` when the loss is itself a handler (has ``attach``) and is not listed yet.
+
+    A loss that reads the current batch (:class:`RegionLossAdapter`,
+    :class:`monai_rat.losses.DiagnosisGuidedAttentionLoss`) has to be attached to the trainer like a
+    handler. The bundles' trainer adds it here (``"train_handlers": "$[...] +
+    monai_rat.engines.with_loss_handler(@train#common_handlers + @train#handlers, @loss)"``) rather than
+    listing ``"@loss"`` in ``train#handlers``: MONAI's ``check_properties`` reads every entry of
+    ``train#handlers`` as a handler dict (``h["_target_"]``), and a plain loss (``--loss`` of one without
+    ``attach``, e.g. ``SegmentationPerceptualLoss``) then needs no change of the handler list.
+
+    Args:
+        handlers: the trainer's other handlers.
+        loss: the trainer's loss function.
+    """
+    out = list(handlers)
+    if callable(getattr(loss, "attach", None)) and not any(h is loss for h in out):
+        out.append(loss)
+    return out
 
 
 class RegionLossAdapter(nn.Module):
@@ -25,7 +47,7 @@ class RegionLossAdapter(nn.Module):
 
         "loss": {"_target_": "monai_rat.engines.RegionLossAdapter",
                  "loss": {"_target_": "monai_rat.losses.FocalRegionLoss", "gamma": 0.001, "delta": 1.0}},
-        "train#handlers": ["@loss", ...]
+        "train_handlers": "$monai_rat.engines.with_loss_handler(@train#handlers, @loss)"
 
     Args:
         loss: a callable ``loss(input, target, regions)``, e.g. ``monai_rat.losses.FocalRegionLoss``.
@@ -64,8 +86,8 @@ class RegionLossAdapter(nn.Module):
         engine = self._engine() if self._engine is not None else None
         if engine is None:
             raise RuntimeError(
-                "RegionLossAdapter is not attached to a trainer: list it in the trainer's `train_handlers` "
-                "(bundle config: \"train#handlers\": [\"@loss\", ...]) so it can read each batch's region map."
+                "RegionLossAdapter is not attached to a trainer: list it in the trainer's `train_handlers` (the "
+                "bundles do: monai_rat.engines.with_loss_handler(..., @loss)) so it can read each batch's region map."
             )
         batch = getattr(engine.state, "batch", None)
         if batch is None:

@@ -30,7 +30,8 @@ class DiagnosisGuidedAttentionLoss(_Loss):
 
     **In MONAI engines.** ``SupervisedTrainer`` calls ``loss_function(pred, label)`` with the HR image as
     ``label``; the diagnosis label is another batch entry. List this loss in the trainer's
-    ``train_handlers`` (the CT bundle already lists ``"@loss"`` there): :py:meth:`attach` remembers the
+    ``train_handlers`` (the bundles' trainer attaches a loss that has ``attach`` itself,
+    :func:`monai_rat.engines.with_loss_handler`): :py:meth:`attach` remembers the
     trainer, and a call without ``class_label`` reads ``engine.state.batch[label_key]``. With
     ``lambda1 == 0`` no diagnosis label is needed (data sets without diagnoses; the diagnosis network
     then learns only through the attention term).
@@ -75,7 +76,7 @@ class DiagnosisGuidedAttentionLoss(_Loss):
         if engine is None:
             raise ValueError(
                 "class_label is required when lambda1 > 0: pass it, or list this loss in the trainer's "
-                "train_handlers so it reads each batch's labels (bundle: \"train#handlers\": [\"@loss\"])."
+                "train_handlers so it reads each batch's labels (the bundles' trainer does: monai_rat.engines.with_loss_handler)."
             )
         batch = getattr(engine.state, "batch", None)
         if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Mapping):  # decollated batch
