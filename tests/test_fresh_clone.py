@@ -140,16 +140,16 @@ def test_readme_monailabel_command_serves_the_checkpoint_the_main_command_trains
     monkeypatch.chdir(REPO)
     train = ConfigParser()
     train.read_config(str(REPO / main[6]))
+    train["bundle_root"] = os.path.dirname(main[6])  # what monai_rat.bundle.bundle_root() gives that command line
     train.get_parsed_content("imports")
-    best = ConfigParser.load_config_file(REPO / "bundles" / "common" / "train_common.json")["best_saver"]["filename"]
+    best = train.get("validate#best_saver")["filename"]
     assert conf.get("ct.ckpt_path") == os.path.join(train.get_parsed_content("ckpt_dir"), best), conf
     demo = train.get_parsed_content("schedules")["demo"]
     assert int(conf.get("ct.feature_size", -1)) == demo["feature_size"], conf
     # a checkpoint of that training network, where that run writes it, in a copy of the bundles
     repo = tmp_path / "repo"
-    for part in ("ct", "common"):
-        shutil.copytree(REPO / "bundles" / part, repo / "bundles" / part, symlinks=True,
-                        ignore=shutil.ignore_patterns("runs", "cache", "*.pt"))  # fmt: skip
+    shutil.copytree(REPO / "bundles" / "ct", repo / "bundles" / "ct", symlinks=True,
+                    ignore=shutil.ignore_patterns("runs", "cache", "*.pt"))  # fmt: skip
     train["feature_size"] = demo["feature_size"]
     net = train.get_parsed_content("network_def", lazy=False)
     ckpt = repo / conf["ct.ckpt_path"]

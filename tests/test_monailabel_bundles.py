@@ -57,7 +57,7 @@ def tiny_checkpoint(path: Path) -> RAT:
 def test_models_are_the_bundle_folders(tmp_path):
     assert "ct" in available_models(default_bundles_dir())
     copy_bundle(tmp_path, "ct")
-    (tmp_path / "common").mkdir()  # shared training settings only: not a model
+    (tmp_path / "common").mkdir()  # a folder without configs/inference.json and metadata.json: not a model
     assert available_models(tmp_path) == ["ct"]
     assert select_models(None, tmp_path) == ["ct"] and select_models("all", tmp_path) == ["ct"]
     with pytest.raises(ValueError, match=r"no bundle for 'pet'.*Available models: ct"):
