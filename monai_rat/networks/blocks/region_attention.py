@@ -138,6 +138,7 @@ class RegionPlan:
         labels: (B, N) int64 labels.
         order: (B*N,) token indices sorted by (image, label), stable, so each region is a contiguous slice.
         inverse: (B*N,) the permutation that undoes ``order``.
+        sorted_labels: (B, N) each image's labels in sorted order.
         sizes: tokens per region, in sorted order (a Python list).
         group: (B, N) int64, the (image, region) number of each token, ``0..G-1``.
     """
