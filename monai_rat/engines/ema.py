@@ -176,6 +176,12 @@ class ModelEMA(AveragedModel):
         from ignite.engine import Events
 
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        logger = getattr(engine, "logger", None)
+        if logger is not None:
+            logger.info(
+                f"EMA of the weights: decay {self.decay}{' (warmed up: min(decay, (1 + n) / (10 + n)))' if self.warmup else ''}, "
+                "updated every iteration; validation and the best model.pt use the EMA weights."
+            )
 
     def update(self, engine: Any = None) -> None:
         """Average the source network's current weights into the copy (``AveragedModel.update_parameters``).
