@@ -25,6 +25,16 @@ Protocol (the same for every method, so a reader can trust the comparison):
   tables give the mean over seeds of the mean over images, the std over images (of the seed-mean
   image scores) and the spread over seeds (std and min-max of the per-seed means).
 
+What BasicSR / KAIR users expect, measured on request (both need the bundles' ``ema_decay`` and
+``self_ensemble`` config ids; the benchmark stops, naming the id, when a bundle does not define one):
+
+- ``--methods ... rat_ema``: RAT trained with an EMA of its weights (``--ema_decay``; 0.99 at the quick
+  budget's 400 iterations, BasicSR's 0.999 at the full budget's 20k), validated and kept as the EMA
+  (an ablation: RAT's learning rate, all else equal);
+- ``--x8 [METHOD ...]`` (default ``rat``): each listed method's kept checkpoint is also evaluated with
+  the test-time x8 self-ensemble (``--self_ensemble true``, into ``eval_x8/``): an extra row
+  "<method> x8" from the same training runs.
+
 Runs are resumable: finished runs under ``--work`` are reused (delete the folder to start afresh).
 Each run is one bundle command (``python -m monai.bundle run training ...``); the commands are in
 ``<work>/commands.txt`` so a reader can reproduce any row.
@@ -88,6 +98,8 @@ QUICK_METHODS = {
     "rat_window": _rat("rat_window", "RAT, W-MSA (window attention)", {"attention": "window"}),
     "rat_l1": _rat("rat_l1", "RAT, L1 loss", overrides=(("focal_gamma", 0.0),)),
     "rat_single": _rat("rat_single", "RAT, one region (no partition)", overrides=(("region_method", "single"),)),
+    # 400 iterations: decay 0.99 (an average over about the last 100); BasicSR's 0.999 needs far longer runs
+    "rat_ema": _rat("rat_ema", "RAT, EMA of the weights (decay 0.99)", overrides=(("ema_decay", 0.99),)),
 }
 FULL_METHODS = {
     **QUICK_METHODS,
@@ -99,8 +111,10 @@ FULL_METHODS = {
     "rdst": Method("rdst", "RDST (same-size)", "rdst", 60, {}),
     **{k: dataclasses.replace(QUICK_METHODS[k], feature_size=64, network_kwargs={
         **{kk: vv for kk, vv in QUICK_METHODS[k].network_kwargs.items() if kk not in ("num_groups", "layers_per_group")}})
-       for k in ("rat_global", "rat_window", "rat_l1", "rat_single")},
+       for k in ("rat_global", "rat_window", "rat_l1", "rat_single", "rat_ema")},
 }
+FULL_METHODS["rat_ema"] = dataclasses.replace(  # 20k iterations: BasicSR's decay
+    FULL_METHODS["rat_ema"], label="RAT, EMA of the weights (decay 0.999)", overrides=(("ema_decay", 0.999),))
 ABLATIONS = ("rat_global", "rat_window", "rat_l1", "rat_single")
 
 TASKS = {
@@ -160,7 +174,18 @@ class Run:
 
     @property
     def evaluated(self) -> bool:
-        return (self.out_dir / "eval" / "summary.json").is_file()
+        return self.evaluated_in("eval")
+
+    def evaluated_in(self, eval_name: str) -> bool:
+        """Whether the evaluation into ``<out_dir>/<eval_name>`` (``eval``; ``eval_x8``: x8 self-ensemble) is done."""
+        return (self.out_dir / eval_name / "summary.json").is_file()
+
+
+#: the evaluation folder of the x8 self-ensemble runs (next to the bundle's ``eval``)
+X8_EVAL = "eval_x8"
+#: training-only overrides that the evaluation of a kept checkpoint must not get (``ema_decay``: model.pt
+#: already holds the EMA weights, and the evaluator restores them into the plain network)
+TRAINING_ONLY = ("ema_decay", "ema_warmup")
 
 
 def _fmt(v: Any) -> str:
@@ -199,19 +224,39 @@ def common_overrides(args) -> list[str]:
     return out
 
 
-def evaluation_command(task: str, run: Run, budget: dict, args) -> list[str]:
-    """The bundle's evaluation of ``run``'s best checkpoint on the test split (predictions kept for the panel)."""
+def evaluation_command(task: str, run: Run, budget: dict, args, self_ensemble: bool = False) -> list[str]:
+    """The bundle's evaluation of ``run``'s best checkpoint on the test split (predictions kept for the panel).
+
+    With ``self_ensemble``, the test-time x8 self-ensemble (``--self_ensemble true``), written to
+    ``<out_dir>/eval_x8`` instead of ``<out_dir>/eval``.
+    """
     bundle = TASKS[task]["bundle"]
     train = training_command(task, run, budget, args)
     keep = []
-    skip = {"--num_iterations", "--val_interval", "--warmup_iterations", "--resume", "--learning_rate", "--seed"}
+    skip = {"--num_iterations", "--val_interval", "--warmup_iterations", "--resume", "--learning_rate", "--seed",
+            *(f"--{k}" for k in TRAINING_ONLY)}
     it = iter(train[4:])  # after "run training --config_file X"
     for flag in it:
         value = next(it)
         if flag not in skip:
             keep += [flag, value]
+    x8 = ["--self_ensemble", "true", "--eval_dir", str(run.out_dir / X8_EVAL)] if self_ensemble else []
     return ["run", "evaluating", "--config_file", f"['{bundle}/train.json','{bundle}/evaluate.json']", *keep,
-            "--save_predictions", "true", "--baseline_methods", "[]"]
+            "--save_predictions", "true", "--baseline_methods", "[]", *x8]
+
+
+def missing_config_ids(task: str, ids, evaluate: bool = False) -> list[str]:
+    """The ids among ``ids`` that the task's bundle config does not define (train.json; + evaluate.json).
+
+    A bundle override of an id that no config entry reads is accepted by MONAI and changes nothing, so a
+    method row would silently be its base method: the benchmark checks first.
+    """
+    from monai.bundle import ConfigParser
+
+    bundle = ROOT / TASKS[task]["bundle"]
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "train.json"), *([str(bundle / "evaluate.json")] if evaluate else [])])
+    return [i for i in ids if i not in parser]
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -280,9 +325,9 @@ def best_val(run: Run) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- scores
-def per_image(run: Run, metric: str) -> dict[str, float]:
-    """Per-image test scores of an evaluated run: {image name: value} from MONAI's MetricsSaver CSV."""
-    path = run.out_dir / "eval" / f"{metric}_raw.csv"
+def per_image(run: Run, metric: str, eval_name: str = "eval") -> dict[str, float]:
+    """Per-image test scores of an evaluated run: {image name: value} from MONAI's MetricsSaver CSV in ``eval_name``."""
+    path = run.out_dir / eval_name / f"{metric}_raw.csv"
     out: dict[str, float] = {}
     with open(path, newline="") as f:
         rows = list(csv.reader(f, delimiter="\t" if "\t" in f.readline() else ","))
@@ -424,7 +469,7 @@ def params_of(m: Method, task: str) -> int:
 
 
 def write_report(task: str, budget_name: str, args, work: Path, chosen: dict, runs: dict, classical: dict,
-                 test: list[dict], elapsed: float) -> None:
+                 test: list[dict], elapsed: float, x8: tuple = ()) -> None:
     budget = BUDGETS[budget_name]
     spec = TASKS[task]
     subsets = {}
@@ -441,6 +486,11 @@ def write_report(task: str, budget_name: str, args, work: Path, chosen: dict, ru
                          psnr=summarise(per_seed_psnr), ssim=summarise(per_seed_ssim),
                          subsets={s: summarise(per_seed_psnr, names) for s, names in subsets.items()},
                          val=float(np.mean([best_val(r) for r in runs[key]])), train_s=float(np.mean(walls)) if walls else None))
+        if key in x8:  # the same checkpoints, evaluated with the x8 self-ensemble (no training, no validation of its own)
+            x8_psnr = [per_image(r, "val_psnr", X8_EVAL) for r in runs[key]]
+            rows.append(dict(key=f"{key}_x8", label=f"{m.label} x8 (self-ensemble)", kind="x8", params=rows[-1]["params"],
+                             lr=chosen[key], psnr=summarise(x8_psnr), ssim=summarise([per_image(r, "val_ssim", X8_EVAL) for r in runs[key]]),
+                             subsets={s: summarise(x8_psnr, names) for s, names in subsets.items()}, val=None, train_s=None))
     crow = []
     for method, res in classical.items():
         if "skipped" in res:
@@ -505,7 +555,7 @@ def markdown(task: str, budget_name: str, rec: dict, panel: str | None, runs: di
         lines.append("| " + " | ".join(cells) + " |")
     for r in rec["rows"]:
         cells = [("**" + r["label"] + "**") if r["key"] == "rat" else r["label"], f"{r['params']:,}", f"{r['lr']:g}",
-                 f"{r['val']:.2f}", _pm(r["psnr"]), _spread(r["psnr"]), _pm(r["ssim"], 4)]
+                 "-" if r.get("val") is None else f"{r['val']:.2f}", _pm(r["psnr"]), _spread(r["psnr"]), _pm(r["ssim"], 4)]
         cells += [_pm(r["subsets"].get(s, {})) + " " + _spread(r["subsets"].get(s, {})) for s in subset_names]
         cells += [f"{r['train_s'] / 60:.1f} min" if r["train_s"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -601,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classical", nargs="*", help="classical methods (default: the task's list)")
     ap.add_argument("--demo_options", type=json.loads, default=None,
                     help="the CT bundle's demo_options as JSON (a smaller demo set, e.g. for a test)")
+    ap.add_argument("--x8", nargs="*", default=None, metavar="METHOD",
+                    help="also evaluate these methods with the test-time x8 self-ensemble (--x8 alone: rat); "
+                         "an extra row '<method> x8' each")
     ap.add_argument("--no_progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -621,6 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(catalogue[k].kind == "ablation" for k in keys) and "rat" not in keys:
         ap.error("the ablations use RAT's learning rate: include 'rat' in --methods")
     methods = [catalogue[k] for k in keys]
+    x8 = tuple(args.x8 if args.x8 else ["rat"]) if args.x8 is not None else ()
+    if set(x8) - set(keys):
+        ap.error(f"--x8 {sorted(set(x8) - set(keys))}: only methods that are run (--methods {keys}) can be evaluated x8")
+    needed = sorted({k for m in methods for k, _ in m.overrides})
+    missing = missing_config_ids(args.task, needed) + (missing_config_ids(args.task, ["self_ensemble"], evaluate=True) if x8 else [])
+    if missing:
+        ap.error(f"{TASKS[args.task]['bundle']}'s configs define no {missing}: the override(s) would change nothing. "
+                 "Wire them first (docs/models.md, 'EMA of the weights and x8 self-ensemble').")
     t_start = time.time()
     print(f"bench_quality: task {args.task}, budget {args.budget}, methods {keys}, {args.seeds} seed(s), "
           f"{args.jobs} job(s) at a time, {'CUDA' if args.cuda else 'CPU'}; runs in {work}", flush=True)
@@ -665,6 +726,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for m in methods for r in runs[m.key] if not r.evaluated]
     print(f"  evaluating {len(todo)} run(s) on the test split ...", flush=True)
     run_commands([(r, evaluation_command(args.task, r, budget, args), r.out_dir / "eval.log") for r in todo], args, None, {})
+    todo_x8 = [r for key in x8 for r in runs[key] if not r.evaluated_in(X8_EVAL)]
+    if todo_x8:
+        print(f"  evaluating {len(todo_x8)} run(s) with the x8 self-ensemble ...", flush=True)
+    run_commands([(r, evaluation_command(args.task, r, budget, args, self_ensemble=True), r.out_dir / "eval_x8.log")
+                  for r in todo_x8], args, None, {})
     with open(work / "commands.txt", "w") as f:
         for m in methods:
             for r in runs[m.key]:
@@ -673,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  classical baselines (tuned on the validation split) ...", flush=True)
     test = load_split(args.task, args, "test")
     classical = classical_scores(args.task, args, work, test)
-    write_report(args.task, args.budget, args, work, chosen, runs, classical, test, time.time() - t_start)
+    write_report(args.task, args.budget, args, work, chosen, runs, classical, test, time.time() - t_start, x8=x8)
     return 0
 
 

@@ -6,19 +6,26 @@
 Sections (each reports what it measured; a failed correctness check is listed at the end and makes the
 exit status 1; missed speed targets are listed too, without failing):
 
-1. **parity**: R-MSA ``"regions"`` (per-region calls, the eager default) and ``"masked"`` (the
-   exported form) against the dense reference, outputs and gradients, in float32 with TF32 off
-   (bound 1e-4), and under autocast (bfloat16 where supported, else float16; bound 5e-2, stated
-   against the float32 reference); also the whole RAT, fast against reference.
-2. **kernels**: which ``scaled_dot_product_attention`` kernel each path runs (profiler op names:
-   flash, memory-efficient, cuDNN or math), in float32 and under autocast.
-3. **rmsa_vs_global**: one R-MSA layer's attention on the superpixel map of 4 x 256^2 images against
-   one global SDPA call over the same number of query-key pairs (target: at most 2x), forward and
-   forward + backward; and the layer's time for several padding budgets (how many extra query-key
-   pairs a region may be padded by to share a call; ``PAD_BUDGET`` was chosen on a CPU).
-4. **train**: 50 training steps (Adam) at 4 x 256^2: RAT with a superpixel map, RAT with one region,
-   MONAI's Restormer (the paper's configuration); median step time, images per second, peak memory
-   (target: RAT's throughput at least Restormer's).
+1. **parity**: R-MSA ``"regions"`` (per-region calls), ``"flex"`` (one compiled flex attention call
+   per layer for the whole batch, what ``"fast"`` picks on CUDA) and ``"masked"`` (the exported form)
+   against the dense reference, outputs and gradients, in float32 with TF32 off (bound 1e-4), and
+   under autocast (bfloat16 where supported, else float16; bound 5e-2, stated against the float32
+   reference); also the whole RAT, fast and flex against reference; and which path ``"fast"`` picks.
+   On a CPU, flex attention has no backward (torch 2.14): its gradients are not checked there.
+2. **kernels**: which attention kernel each path runs (profiler op names: SDPA's flash,
+   memory-efficient, cuDNN or math; flex attention's op and Inductor's Triton template kernels), in
+   float32 and under autocast.
+3. **rmsa_vs_global**: one R-MSA layer's attention on the superpixel map of 4 x 256^2 images, per
+   region (``"regions"``) and with flex attention (``"flex"``, block mask included), against one
+   global SDPA call over the same number of query-key pairs (target: at most 2x for the path
+   ``"fast"`` picks), forward and forward + backward; and the per-region layer's time for several
+   padding budgets (how many extra query-key pairs a region may be padded by to share a call;
+   ``PAD_BUDGET`` was chosen on a CPU).
+4. **train**: 50 training steps (Adam) at 4 x 256^2: RAT with a superpixel map through the
+   per-region path and through flex attention (not on a CPU: no flex backward there), RAT with one
+   region (``"fast"``), MONAI's Restormer (the paper's configuration); median step time, images per
+   second, peak memory (target: the throughput of the path ``"fast"`` picks at least Restormer's).
+   Compilation of flex attention happens in the warm-up steps, outside the timed ones.
 5. **ddp**: a 2-process DistributedDataParallel step (NCCL on two GPUs, else gloo), gradients equal
    on both ranks, no grad-stride warning.
 
@@ -127,6 +134,20 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+NO_CPU_FLEX_BACKWARD = "not checked: flex attention has no backward on a CPU (torch 2.14)"
+
+
+def has_backward(impl: str, device: torch.device) -> bool:
+    """Whether ``impl`` (after "fast" is resolved) can run autograd on ``device``: flex attention cannot on a CPU."""
+    return not (impl == "flex" and device.type == "cpu")
+
+
+def select_implementation(impl: str, device: torch.device, head_dim: int) -> str:
+    from monai_rat.networks.blocks.region_attention import select_implementation as select
+
+    return select(impl, device, head_dim)
+
+
 # --------------------------------------------------------------------------------------------- sections
 def parity(device, cfg) -> dict:
     from monai_rat.networks import RAT
@@ -137,43 +158,58 @@ def parity(device, cfg) -> dict:
     c = cfg["channels"]
     torch.manual_seed(0)
     x = torch.randn(labels.shape[0], *labels.shape[1:], c, device=device)
-    out = {"tokens_per_image": int(labels[0].numel()), "regions": len(RegionPlan(labels).sizes)}
+    out = {"tokens_per_image": int(labels[0].numel()), "regions": len(RegionPlan(labels).sizes),
+           "fast_picks": {"layer": select_implementation("fast", device, c // 8),
+                          "RAT": select_implementation("fast", device, cfg["feature_size"] * 4 // 8)}}
     ref_mod = RegionAttention(c, 8, implementation="reference").to(device)
     results = {}
-    for impl in ("regions", "masked"):
+    for impl in ("regions", "flex", "masked"):
         mod = RegionAttention(c, 8, implementation=impl).to(device)
         mod.load_state_dict(ref_mod.state_dict())
+        grad = has_backward(impl, device)
         for mode in ("fp32", "autocast"):
             grads = []
             ys = []
             for m in (mod, ref_mod):
                 m.zero_grad(set_to_none=True)
-                xi = x.clone().requires_grad_()
+                xi = x.clone().requires_grad_(grad)
                 plan = RegionPlan.from_labels(labels)
                 use_amp = mode == "autocast" and m is mod  # the reference stays float32: the error is autocast's
-                with torch.autocast(device.type, dtype=amp_dtype(device), enabled=use_amp):
+                with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=amp_dtype(device), enabled=use_amp):
                     y = m.forward_tokens(xi, plan)
-                y.float().square().mean().backward()
-                ys.append(y.float())
-                grads.append([xi.grad.float()] + [p.grad.float() for p in m.parameters()])
+                if grad:
+                    y.float().square().mean().backward()
+                    grads.append([xi.grad.float()] + [p.grad.float() for p in m.parameters()])
+                ys.append(y.detach().float())
             dy = float((ys[0] - ys[1]).abs().max() / ys[1].abs().max())
-            dg = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(*grads))
+            dg = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(*grads)) if grad else None
             tol = FP32_TOL if mode == "fp32" else AMP_TOL
-            results[f"{impl}/{mode}"] = {"max_rel_output_diff": dy, "max_rel_grad_diff": dg, "bound": tol, "ok": dy <= tol and dg <= tol}
-    # the whole network, fast against reference (float32)
-    torch.manual_seed(0)
-    fast = randomised(RAT(feature_size=cfg["feature_size"])).to(device)
-    ref = randomised(RAT(feature_size=cfg["feature_size"], attention_impl="reference")).to(device)
-    ref.load_state_dict(fast.state_dict())
+            res = {"max_rel_output_diff": dy, "max_rel_grad_diff": dg, "bound": tol, "ok": dy <= tol and (dg is None or dg <= tol)}
+            if not grad:
+                res["gradients"] = NO_CPU_FLEX_BACKWARD
+            results[f"{impl}/{mode}"] = res
+    # the whole network, fast and flex against reference (float32)
     xs, ms, _ = images_and_maps(min(cfg["size"], 128), 2)
     xs, ms = xs.to(device), ms.to(device)
-    yf, yr = fast(xs, ms), ref(xs, ms)
-    yf.square().mean().backward()
+    torch.manual_seed(0)
+    ref = randomised(RAT(feature_size=cfg["feature_size"], attention_impl="reference")).to(device)
+    yr = ref(xs, ms)
     yr.square().mean().backward()
-    dg = max(float((a.grad - b.grad).abs().max()) for a, b in zip(fast.parameters(), ref.parameters()))
-    dy = float((yf - yr).abs().max())
-    results["RAT fast vs reference/fp32"] = {"max_abs_output_diff": dy, "max_abs_grad_diff": dg, "bound": FP32_TOL,
-                                            "ok": dy <= FP32_TOL and dg <= FP32_TOL}
+    for impl in ("fast", "flex"):
+        net = randomised(RAT(feature_size=cfg["feature_size"], attention_impl=impl)).to(device)
+        net.load_state_dict(ref.state_dict())
+        grad = has_backward(select_implementation(impl, device, cfg["feature_size"] * 4 // 8), device)
+        with torch.set_grad_enabled(grad):
+            y = net(xs, ms)
+        dy = float((y - yr).abs().max())
+        res = {"max_abs_output_diff": dy, "bound": FP32_TOL}
+        if grad:
+            y.square().mean().backward()
+            dg = max(float((a.grad - b.grad).abs().max()) for a, b in zip(net.parameters(), ref.parameters()))
+            res.update(max_abs_grad_diff=dg, ok=dy <= FP32_TOL and dg <= FP32_TOL)
+        else:
+            res.update(max_abs_grad_diff=None, gradients=NO_CPU_FLEX_BACKWARD, ok=dy <= FP32_TOL)
+        results[f"RAT {impl} vs reference/fp32"] = res
     out["results"] = results
     return out
 
@@ -188,18 +224,28 @@ def kernels(device, cfg) -> dict:
     c = cfg["channels"]
     x = torch.randn(labels.shape[0], *labels.shape[1:], c, device=device, requires_grad=True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    out = {}
-    for impl in ("regions", "masked", "global"):
+    out = {"fast_picks": select_implementation("fast", device, c // 8)}
+    for impl in ("regions", "flex", "masked", "global"):
         mod = RegionAttention(c, 8, implementation="regions" if impl == "global" else impl).to(device)
+        grad = has_backward(impl, device)
         for mode in ("fp32", "autocast"):
             plan = None if impl == "global" else RegionPlan.from_labels(labels)
-            with profile(activities=acts) as prof:
-                with torch.autocast(device.type, dtype=amp_dtype(device), enabled=mode == "autocast"):
+
+            def run():
+                with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=amp_dtype(device), enabled=mode == "autocast"):
                     y = mod.forward_tokens(x, plan)
-                y.float().sum().backward()
+                if grad:
+                    y.float().sum().backward()
                 sync(device)
-            names = sorted({e.key for e in prof.key_averages() if re.search(r"scaled_dot_product|flash|efficient_attention|cudnn_attention|fmha", e.key)})
-            out[f"{impl}/{mode}"] = names
+
+            if impl == "flex":
+                run()  # compile outside the profile (Inductor's own work would fill it)
+                plan = RegionPlan.from_labels(labels)
+            with profile(activities=acts) as prof:
+                run()
+            names = sorted({e.key for e in prof.key_averages() if re.search(
+                r"scaled_dot_product|flash|efficient_attention|cudnn_attention|fmha|[Ff]lex|triton_tem", e.key)})
+            out[f"{impl}/{mode}"] = names + ([] if grad else [f"forward only: {NO_CPU_FLEX_BACKWARD}"])
     return out
 
 
@@ -210,6 +256,9 @@ def rmsa_vs_global(device, cfg) -> dict:
     labels = maps[:, 0, ::4, ::4].to(device)
     c, heads = cfg["channels"], 8
     mod = RegionAttention(c, heads).to(device)
+    flex_mod = RegionAttention(c, heads, implementation="flex").to(device)
+    flex_mod.load_state_dict(mod.state_dict())
+    fast_picks = select_implementation("fast", device, c // heads)
     plan = RegionPlan.from_labels(labels)
     pairs = sum(s * s for s in plan.sizes)
     b, n = labels.shape[0], labels[0].numel()
@@ -224,6 +273,14 @@ def rmsa_vs_global(device, cfg) -> dict:
     def rmsa_train():
         mod._regions(qkv, RegionPlan.from_labels(labels)).sum().backward()
 
+    # flex attention's layer: q/k/v of region-sorted tokens (the sort of the input is the layer's, in forward_tokens)
+    def flex_fwd():
+        with torch.no_grad():  # detached: flex attention on a CPU refuses inputs that require grad, even here
+            flex_mod._flex(qkv.detach(), RegionPlan.from_labels(labels))
+
+    def flex_train():
+        flex_mod._flex(qkv, RegionPlan.from_labels(labels)).sum().backward()
+
     def glob_fwd():
         with torch.no_grad():
             F.scaled_dot_product_attention(q, k, v)
@@ -234,8 +291,12 @@ def rmsa_vs_global(device, cfg) -> dict:
     reps = cfg["repeats"]
     from monai_rat.networks.blocks.region_attention import PAD_BUDGET
 
+    mask = plan.flex_block_mask(compile=flex_mod.flex_compile)
+    tiles = int((mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()).item())
     out = {"regions": len(plan.sizes), "calls": len(plan.batches(PAD_BUDGET).shapes), "pairs": pairs,
-           "global_tokens": side, "plan_included": True}
+           "global_tokens": side, "plan_included": True, "fast_picks": fast_picks,
+           "flex_tiles_computed": tiles, "flex_tiles_of": b * (-(-n // mask.BLOCK_SIZE[0])) * (-(-n // mask.BLOCK_SIZE[1])),
+           "flex_tiles_full": int(mask.full_kv_num_blocks.sum().item())}
     # how the padding budget trades calls for padded pairs here (PAD_BUDGET was measured on a CPU only)
     budgets = {}
     for budget in (-1, PAD_BUDGET, 16 * PAD_BUDGET, 256 * PAD_BUDGET):
@@ -243,9 +304,18 @@ def rmsa_vs_global(device, cfg) -> dict:
         budgets[str(budget)] = {"calls": len(plan.batches(budget).shapes), "forward+backward_ms": timed(rmsa_train, device, reps) * 1e3}
     mod.pad_budget = None
     out["pad_budget"] = budgets
-    for name, (a, g) in {"forward": (rmsa_fwd, glob_fwd), "forward+backward": (rmsa_train, glob_train)}.items():
+    cases = {"forward": (rmsa_fwd, flex_fwd, glob_fwd), "forward+backward": (rmsa_train, flex_train, glob_train)}
+    for name, (a, f, g) in cases.items():
         ta, tg = timed(a, device, reps), timed(g, device, reps)
-        out[name] = {"rmsa_ms": ta * 1e3, "global_ms": tg * 1e3, "ratio": ta / tg, "target": 2.0, "target_met": ta / tg <= 2.0}
+        res = {"regions_ms": ta * 1e3, "global_ms": tg * 1e3, "regions_ratio": ta / tg}
+        if name == "forward" or has_backward("flex", device):
+            tf = timed(f, device, reps)  # the warm-up calls compile flex attention (on CUDA)
+            res.update(flex_ms=tf * 1e3, flex_ratio=tf / tg)
+        else:
+            res.update(flex_ms=None, flex_ratio=None, flex=NO_CPU_FLEX_BACKWARD)
+        ratio = res["flex_ratio"] if fast_picks == "flex" else res["regions_ratio"]
+        res.update(fast_picks=fast_picks, ratio=ratio, target=2.0, target_met=ratio <= 2.0)
+        out[name] = res
     return out
 
 
@@ -260,13 +330,19 @@ def train(device, cfg, amp: str) -> dict:
     noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     one = torch.ones_like(maps)
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    out = {"input": source, "images": f"{cfg['batch']} x {cfg['size']}^2", "steps": cfg["steps"], "amp": amp}
+    fast_picks = select_implementation("fast", device, cfg["feature_size"] * 4 // 8)
+    out = {"input": source, "images": f"{cfg['batch']} x {cfg['size']}^2", "steps": cfg["steps"], "amp": amp,
+           "fast_picks": fast_picks}
     cases = {
-        "RAT, superpixel map": lambda: (randomised(RAT(feature_size=cfg["feature_size"])), maps),
+        "RAT regions, superpixel map": lambda: (randomised(RAT(feature_size=cfg["feature_size"], attention_impl="regions")), maps),
+        "RAT flex, superpixel map": lambda: (randomised(RAT(feature_size=cfg["feature_size"], attention_impl="flex")), maps),
         "RAT, one region": lambda: (randomised(RAT(feature_size=cfg["feature_size"])), one),
         "MONAI Restormer": lambda: (Restormer(spatial_dims=2, in_channels=1, out_channels=1, **cfg["restormer"]), None),
     }
     for name, build in cases.items():
+        if "flex" in name and not has_backward("flex", device):
+            out[name] = {"skipped": NO_CPU_FLEX_BACKWARD}
+            continue
         torch.manual_seed(0)
         model, regions = build()
         model = model.to(device).train()
@@ -290,8 +366,9 @@ def train(device, cfg, amp: str) -> dict:
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    rat, rest = out["RAT, superpixel map"]["images_per_s"], out["MONAI Restormer"]["images_per_s"]
-    out["throughput_vs_restormer"] = {"ratio": rat / rest, "target": 1.0, "target_met": rat >= rest}
+    rat = out[f"RAT {'flex' if fast_picks == 'flex' else 'regions'}, superpixel map"]["images_per_s"]
+    rest = out["MONAI Restormer"]["images_per_s"]
+    out["throughput_vs_restormer"] = {"path": fast_picks, "ratio": rat / rest, "target": 1.0, "target_met": rat >= rest}
     return out
 
 
@@ -347,6 +424,7 @@ def ddp(device, cfg) -> dict:
     same = bool(np.allclose(res[0]["grads"], res[1]["grads"], atol=1e-6))
     stride_warnings = [w for r in res for w in r["warnings"] if "stride" in w.lower()]
     return {"backend": backend, "devices": "2 GPUs" if backend == "nccl" else f"2 processes on {device.type}",
+            "rmsa": select_implementation("fast", torch.device(device.type), cfg["feature_size"] * 4 // 8),
             "step_s": max(r["seconds"] for r in res), "grads_equal_on_ranks": same,
             "grad_stride_warnings": stride_warnings, "ok": same and not stride_warnings}
 
@@ -380,7 +458,8 @@ def main() -> None:
     else:
         torch.set_num_threads(1)  # steadier on a shared machine; the CPU run is a smoke run, not a benchmark
     if args.quick:
-        cfg = {"size": 64, "batch": 2, "channels": 32, "feature_size": 8, "steps": 2, "warmup": 1, "repeats": 2,
+        # 128 channels / 8 heads and feature size 32 (latent 128): head dimension 16, the least flex's CUDA kernel takes
+        cfg = {"size": 64, "batch": 2, "channels": 128, "feature_size": 32, "steps": 2, "warmup": 1, "repeats": 2,
                "restormer": {"dim": 8, "num_blocks": (1, 1, 1, 1), "heads": (1, 1, 1, 1), "num_refinement_blocks": 1}}
     else:
         cfg = {"size": 256, "batch": 4, "channels": 256, "feature_size": 64, "steps": 50, "warmup": 5, "repeats": 10,

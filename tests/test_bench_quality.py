@@ -37,6 +37,38 @@ def test_plan_uses_the_same_budget_for_every_method_and_rat_rate_for_ablations(t
     assert ev[:2] == ["run", "evaluating"] and "--save_predictions" in ev and "--num_iterations" not in ev
 
 
+def test_ema_and_x8_plans_and_the_check_that_the_bundle_defines_their_ids(tmp_path):
+    """rat_ema trains with --ema_decay (not passed to the evaluation: model.pt holds the EMA); x8 evaluates the
+    same checkpoint again with --self_ensemble true into eval_x8; an id no config defines is reported."""
+    args = type("A", (), {"work": str(tmp_path), "dataset_dir": "", "demo_options": None})()
+    budget = bq.BUDGETS["quick"]
+    for catalogue, decay in ((bq.QUICK_METHODS, "0.99"), (bq.FULL_METHODS, "0.999")):
+        m = catalogue["rat_ema"]
+        assert m.kind == "ablation" and m.network_name == "rat"
+        train = bq.training_command("ct", bq.Run(m, 1e-3, 0, tmp_path / "e"), budget, args)
+        assert train[train.index("--ema_decay") + 1] == decay
+        assert "--ema_decay" not in bq.evaluation_command("ct", bq.Run(m, 1e-3, 0, tmp_path / "e"), budget, args)
+    assert bq.FULL_METHODS["rat_ema"].feature_size == bq.FULL_METHODS["rat"].feature_size == 64
+    run = bq.Run(bq.QUICK_METHODS["rat"], 1e-3, 0, tmp_path / "r")
+    plain, x8 = (bq.evaluation_command("ct", run, budget, args, self_ensemble=s) for s in (False, True))
+    assert "--self_ensemble" not in plain and "--eval_dir" not in plain
+    assert x8[x8.index("--self_ensemble") + 1] == "true" and x8[x8.index("--eval_dir") + 1] == str(tmp_path / "r" / "eval_x8")
+    assert x8[: len(plain)] == plain  # otherwise the same evaluation of the same checkpoint
+    assert bq.missing_config_ids("ct", ["focal_gamma", "region_method", "no_such_id_xyz"]) == ["no_such_id_xyz"]
+    assert bq.missing_config_ids("ct", ["eval_dir"]) == ["eval_dir"]  # an evaluate.json id, not train.json's
+    assert bq.missing_config_ids("ct", ["eval_dir"], evaluate=True) == []
+
+
+def test_an_x8_row_has_no_validation_or_training_time_of_its_own():
+    s = {"mean": 30.0, "std_images": 1.0, "std_seeds": 0.0, "min_seed": 30.0, "max_seed": 30.0, "n_images": 2, "n_seeds": 1}
+    row = dict(key="rat", label="RAT", kind="learned", params=10, lr=1e-3, psnr=s, ssim=s, subsets={}, val=29.0, train_s=60.0)
+    x8 = dict(row, key="rat_x8", label="RAT x8 (self-ensemble)", kind="x8", val=None, train_s=None)
+    rec = dict(settings=bq.BUDGETS["smoke"], machine="test", date="today", elapsed_s=60.0, seeds=1, rows=[row, x8], classical=[])
+    text = bq.markdown("ct", "smoke", rec, None, {}, {})
+    line = next(ln for ln in text.splitlines() if ln.startswith("| RAT x8"))
+    assert line.split(" | ")[3] == "-" and line.rstrip(" |").endswith("-")
+
+
 def test_summary_statistics():
     per_seed = [{"a": 40.0, "b": 42.0}, {"a": 41.0, "b": 45.0}]
     s = bq.summarise(per_seed)

@@ -29,12 +29,25 @@ def test_cpu_quick_smoke_run_of_every_section(tmp_path):
     res = _run(tmp_path, "--device", "cpu", "--quick")
     assert res["failed"] == []
     parity = res["parity"]["results"]
-    assert set(parity) == {"regions/fp32", "regions/autocast", "masked/fp32", "masked/autocast", "RAT fast vs reference/fp32"}
+    impls = ("regions", "flex", "masked")
+    assert set(parity) == {f"{i}/{m}" for i in impls for m in ("fp32", "autocast")} | {"RAT fast vs reference/fp32", "RAT flex vs reference/fp32"}
     assert all(r["ok"] for r in parity.values())
-    assert all(any("scaled_dot_product" in k for k in names) for names in res["kernels"].values() if isinstance(names, list))
-    assert res["rmsa_vs_global"]["forward"]["ratio"] > 0
-    for case in ("RAT, superpixel map", "RAT, one region", "MONAI Restormer"):
+    assert parity["regions/fp32"]["max_rel_grad_diff"] is not None
+    assert parity["flex/fp32"]["max_rel_grad_diff"] is None and "no backward on a CPU" in parity["flex/fp32"]["gradients"]
+    assert res["parity"]["fast_picks"] == {"layer": "regions", "RAT": "regions"}  # on a CPU
+    kernels = res["kernels"]
+    assert kernels["fast_picks"] == "regions"
+    for key, names in kernels.items():
+        if isinstance(names, list):
+            assert any(("FlexAttention" if key.startswith("flex") else "scaled_dot_product") in k for k in names), (key, names)
+    for name in ("forward", "forward+backward"):
+        assert res["rmsa_vs_global"][name]["ratio"] > 0 and res["rmsa_vs_global"][name]["fast_picks"] == "regions"
+    assert res["rmsa_vs_global"]["forward"]["flex_ms"] > 0
+    assert 0 < res["rmsa_vs_global"]["flex_tiles_computed"] <= res["rmsa_vs_global"]["flex_tiles_of"]
+    for case in ("RAT regions, superpixel map", "RAT, one region", "MONAI Restormer"):
         assert res["train"][case]["step_ms"] > 0 and res["train"][case]["peak_memory_mb"] > 0
+    assert "no backward on a CPU" in res["train"]["RAT flex, superpixel map"]["skipped"]
+    assert res["train"]["fast_picks"] == "regions" and res["ddp"]["rmsa"] == "regions"
     assert res["ddp"]["ok"] and res["ddp"]["grads_equal_on_ranks"] and not res["ddp"]["grad_stride_warnings"]
 
 
@@ -42,3 +55,5 @@ def test_cpu_quick_smoke_run_of_every_section(tmp_path):
 def test_cuda_quick_run(tmp_path):
     res = _run(tmp_path, "--device", "cuda", "--quick")
     assert res["failed"] == []
+    assert res["parity"]["fast_picks"] == {"layer": "flex", "RAT": "flex"}  # head dimension 16 in the quick run
+    assert res["parity"]["results"]["flex/fp32"]["max_rel_grad_diff"] is not None

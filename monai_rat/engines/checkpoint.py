@@ -94,7 +94,9 @@ class AtomicCheckpointSaver:
     Args:
         save_dir: folder of the checkpoint file.
         save_dict: ``{name: object with state_dict()/load_state_dict()}``; a single network may be given
-            as ``{"model": net}`` to write a plain weights file readable by ``CheckpointLoader``.
+            as ``{"model": net}`` to write a plain weights file readable by ``CheckpointLoader``. Entries
+            whose object is ``None`` are left out: an optional object that is switched off (e.g.
+            ``"ema": "@ema"``, which is ``None`` when ``ema_decay`` is null; see :class:`monai_rat.engines.ModelEMA`).
         filename: the file name inside ``save_dir``.
         save_interval: save every N epochs of the attached engine (0: only at completion); ignored when
             ``key_metric_name`` is set.
@@ -110,7 +112,7 @@ class AtomicCheckpointSaver:
             this key; the engine cannot be listed in ``save_dict`` of a handler of its own.
 
     Raises:
-        ValueError: when ``save_dict`` is empty or an entry has no ``state_dict``.
+        ValueError: when ``save_dict`` is empty (once its ``None`` entries are left out) or an entry has no ``state_dict``.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class AtomicCheckpointSaver:
         weights_only_state: bool = False,
         save_engine: str | None = None,
     ) -> None:
+        save_dict = {k: v for k, v in dict(save_dict).items() if v is not None}  # optional objects that are off
         if not save_dict:
             raise ValueError("`save_dict` must name at least one object to save, got an empty mapping.")
         for k, v in save_dict.items():

@@ -50,9 +50,10 @@ class RAT(NAFUShape):
         mlp_ratio: MLP expansion (2.0).
         region_bias: cross-region logit of the reference R-MSA form (-1000).
         attention: ``"region"`` (R-MSA, the paper), ``"global"`` (MSA) or ``"window"`` (W-MSA): Table 4's ablation.
-        attention_impl: R-MSA implementation: ``"fast"`` (default, exact; per region when eager, masked while
-            traced or exported), ``"regions"``, ``"masked"`` or ``"reference"`` (dense mask); see
-            :func:`set_attention_impl`.
+        attention_impl: R-MSA implementation: ``"fast"`` (default, exact; masked while traced or exported,
+            else one flex attention call per layer on CUDA and per region elsewhere; the environment
+            variable ``MONAI_RAT_RMSA`` overrides its eager choice), ``"regions"``, ``"flex"``,
+            ``"masked"`` or ``"reference"`` (dense mask); see :func:`set_attention_impl`.
         use_checkpoint: recompute each latent RAT group in the backward pass instead of keeping its
             activations (``torch.utils.checkpoint``, as MONAI's SwinUNETR offers): same gradients, about
             half the training memory at 256^2, some 15-30% more time per step. The latent groups hold most
@@ -172,12 +173,15 @@ def set_attention_impl(network: nn.Module, implementation: str) -> nn.Module:
 
     Works on any module (a wrapper around RAT, or a network without region attention, which is
     returned unchanged). The implementations (:data:`~monai_rat.networks.blocks.region_attention.IMPLEMENTATIONS`)
-    give the same outputs: ``"fast"`` (default: per region when eager, the masked form while traced or
-    exported), ``"regions"``, ``"masked"`` and ``"reference"`` (the paper's dense additive mask).
+    give the same outputs: ``"fast"`` (default: the masked form while traced or exported, else ``"flex"``
+    on CUDA and ``"regions"`` elsewhere; see
+    :func:`~monai_rat.networks.blocks.region_attention.select_implementation`), ``"regions"`` (per-region
+    calls, fastest on a CPU), ``"flex"`` (one flex attention call per layer, for CUDA), ``"masked"`` and
+    ``"reference"`` (the paper's dense additive mask).
 
     Args:
         network: any module.
-        implementation: ``"fast"``, ``"regions"``, ``"masked"`` or ``"reference"``.
+        implementation: ``"fast"``, ``"regions"``, ``"flex"``, ``"masked"`` or ``"reference"``.
 
     Raises:
         ValueError: for another ``implementation``.

@@ -15,9 +15,13 @@ __all__ = ["BareStateDictWrapper", "ImageOnly"]
 _CHILD = "network."
 
 
-def _strip_child_prefix(module: nn.Module, state_dict: Any, prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook: ``<prefix>network.<key>`` -> ``<prefix><key>`` (the bare network's keys)."""
-    inner = prefix + _CHILD
+def _strip_child_prefix(module: nn.Module, state_dict: Any, prefix: str, local_metadata: Any, child: str = _CHILD) -> None:
+    """state_dict post-hook: ``<prefix>network.<key>`` -> ``<prefix><key>`` (the bare network's keys).
+
+    ``child`` is the wrapped module's attribute name with a trailing dot (``"network."``; ``"module."`` for
+    :class:`monai_rat.engines.ModelEMA`, a ``torch.optim.swa_utils.AveragedModel``).
+    """
+    inner = prefix + child
     for key in [k for k in state_dict if k.startswith(inner)]:
         state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
     metadata = getattr(state_dict, "_metadata", None)  # per-module versions, keyed by module path
@@ -30,17 +34,17 @@ def _strip_child_prefix(module: nn.Module, state_dict: Any, prefix: str, local_m
             metadata[prefix + key[len(inner) :]] = metadata.pop(key)
 
 
-def _add_child_prefix(module: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
+def _add_child_prefix(module: nn.Module, state_dict: Any, prefix: str, *args: Any, child: str = _CHILD) -> None:
     """load_state_dict pre-hook: ``<prefix><key>`` -> ``<prefix>network.<key>`` (what the wrapper holds)."""
     module._loading_prefix = prefix  # for _bare_key_names, which torch does not tell the prefix
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        state_dict[prefix + _CHILD + key[len(prefix) :]] = state_dict.pop(key)
+        state_dict[prefix + child + key[len(prefix) :]] = state_dict.pop(key)
 
 
-def _bare_key_names(module: nn.Module, incompatible_keys: Any) -> None:
+def _bare_key_names(module: nn.Module, incompatible_keys: Any, child: str = _CHILD) -> None:
     """load_state_dict post-hook: report missing / unexpected keys by the names the checkpoint uses (no ``network.``)."""
     prefix = getattr(module, "_loading_prefix", "")
-    inner = prefix + _CHILD
+    inner = prefix + child
     for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
         keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]
 

@@ -53,7 +53,8 @@ class RATLayer(nn.Module):
         mlp_ratio: MLP hidden channels = ``int(C * mlp_ratio)``.
         region_bias: R-MSA cross-region logit in the reference form.
         attention: ``"region"``, ``"global"`` or ``"window"``.
-        attention_impl: R-MSA implementation, ``"fast"`` or ``"reference"``.
+        attention_impl: R-MSA implementation (:class:`RegionAttention`): ``"fast"``, ``"regions"``, ``"flex"``,
+            ``"masked"`` or ``"reference"``.
 
     Raises:
         ValueError: for an unknown ``attention``.
