@@ -100,11 +100,15 @@ def standalone(tmp_path_factory) -> dict:
     commands, what = [], []
     for b in BUNDLES:
         configs = bundle[b] / "configs"
+        # the options users add: an EMA of the weights (CT) and the x8 self-ensemble (CT evaluation, pathology inference)
+        ema = ["--ema_decay", "0.5"] if b == "ct" else []
+        x8_eval = ["--self_ensemble", "true"] if b == "ct" else []
+        x8_infer = ["--self_ensemble", "true"] if b == "pathology" else []
         commands += [
-            ["run", "training", "--config_file", str(bundle[b] / "train.json"), *TINY, *data[b], *CKPT_DIR],
+            ["run", "training", "--config_file", str(bundle[b] / "train.json"), *TINY, *data[b], *CKPT_DIR, *ema],
             ["run", "evaluating", "--config_file", str([str(bundle[b] / "train.json"), str(bundle[b] / "evaluate.json")]),
-             "--feature_size", "8", "--baseline_methods", "[]", "--panels", "false", *data[b], *CKPT_DIR],
-            ["run", "--config_file", str(bundle[b] / "inference.json"), "--input_path", str(inputs[b].parent)],
+             "--feature_size", "8", "--baseline_methods", "[]", "--panels", "false", *data[b], *CKPT_DIR, *x8_eval],
+            ["run", "--config_file", str(bundle[b] / "inference.json"), "--input_path", str(inputs[b].parent), *x8_infer],
             ["verify_net_in_out", "network_def", "--config_file", str(configs / "inference.json"),
              "--meta_file", str(configs / "metadata.json")],
         ]  # fmt: skip
@@ -134,6 +138,11 @@ def test_a_copy_of_the_bundle_alone_runs_every_command_from_another_directory(st
     assert "data shape of network is verified with no error" in standalone["results"][(name, "verify_net_in_out")]["output"]
     if name == "ct":
         assert (copy / "models" / "model.ts").is_file()
+        import torch
+
+        last = torch.load(copy / "models" / "last.pt", map_location="cpu", weights_only=False)
+        assert "ema" in last and "network" in last  # --ema_decay: the average is saved beside the raw weights
+        assert json.loads((run / "eval" / "summary.json").read_text())["self_ensemble"] is True
     assert sorted(p.name for p in standalone["elsewhere"].iterdir()) == []
     # the multi-GPU overlay resolves from the copy (no file outside it)
     from monai.bundle import ConfigParser
