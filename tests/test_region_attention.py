@@ -7,18 +7,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from monai_rat.networks.blocks import RegionAttention, RegionPlan
 
 
-def _pair(channels=32, heads=4, impl="fast", pad_budget=None):
-    fast = RegionAttention(channels, heads, implementation=impl).double()
+def _pair(channels=32, heads=4, impl="fast", pad_budget=None, dtype=torch.float64):
+    fast = RegionAttention(channels, heads, implementation=impl).to(dtype)
     fast.pad_budget = pad_budget
-    ref = RegionAttention(channels, heads, implementation="reference").double()
+    ref = RegionAttention(channels, heads, implementation="reference").to(dtype)
     ref.load_state_dict(fast.state_dict())
     return fast, ref
 
 
-def _check_same(labels, channels=32, heads=4, tol=1e-4, impl="fast", pad_budget=None):
-    fast, ref = _pair(channels, heads, impl, pad_budget)
+def _check_same(labels, channels=32, heads=4, tol=1e-4, impl="fast", pad_budget=None, dtype=torch.float64):
+    """``impl`` equals the dense reference in outputs, input gradients and parameter gradients; returns the output."""
+    fast, ref = _pair(channels, heads, impl, pad_budget, dtype)
     b, h, w = labels.shape
-    x = torch.randn(b, channels, h, w, dtype=torch.float64) * 2
+    x = torch.randn(b, channels, h, w, dtype=dtype) * 2
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     plan = RegionPlan.from_labels(labels)
     yf, yr = fast(xf, plan), ref(xr, plan)

@@ -22,6 +22,7 @@ import torch
 from monai_rat.networks import RAT
 from monai_rat.networks.blocks import RegionAttention, RegionPlan
 from monai_rat.networks.blocks import region_attention as ra
+from test_region_attention import _check_same
 
 pytestmark = [
     pytest.mark.skipif(not ra.HAVE_FLEX, reason="needs torch.nn.attention.flex_attention (torch >= 2.5)"),
@@ -74,21 +75,7 @@ MAPS = _region_maps()
 
 @pytest.mark.parametrize("name", list(MAPS))
 def test_flex_equals_reference_outputs_and_gradients(name, cpu_flex_backward):
-    labels = MAPS[name]
-    flex = RegionAttention(32, 4, implementation="flex")
-    ref = RegionAttention(32, 4, implementation="reference")
-    ref.load_state_dict(flex.state_dict())
-    b, h, w = labels.shape
-    x = torch.randn(b, 32, h, w) * 2
-    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yf, yr = flex(xf, RegionPlan.from_labels(labels)), ref(xr, RegionPlan.from_labels(labels))
-    torch.testing.assert_close(yf, yr, atol=TOL, rtol=0)
-    g = torch.randn_like(yf)
-    (yf * g).sum().backward()
-    (yr * g).sum().backward()
-    torch.testing.assert_close(xf.grad, xr.grad, atol=TOL, rtol=0)
-    for (n, pf), (_, pr) in zip(flex.named_parameters(), ref.named_parameters()):
-        torch.testing.assert_close(pf.grad, pr.grad, atol=TOL, rtol=0, msg=n)
+    _check_same(MAPS[name], channels=32, heads=4, tol=TOL, impl="flex", dtype=torch.float32)
 
 
 def test_block_mask_skips_tiles_of_the_sorted_tokens():
