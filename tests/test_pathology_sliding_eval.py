@@ -83,7 +83,9 @@ def test_evaluation_config_shares_the_inference_route():
         assert evaluate[cid] == inference[entry], entry
     parser = _merged_parser(8)
     parser.parse()
-    assert parser.get("validate#inferer")["_target_"].endswith("SlidingWindowInferer") and parser.get("validate#inferer")["mode"] == "gaussian"
+    inferer = parser.get("validate#inferer")  # the x8 wrapper (off unless --self_ensemble true) around the sliding window
+    assert inferer["_target_"].endswith("SelfEnsembleInferer") and inferer["enabled"] == "@self_ensemble"
+    assert inferer["inferer"]["_target_"].endswith("SlidingWindowInferer") and inferer["inferer"]["mode"] == "gaussian"
     assert parser.get("roi_size") == [256, 256] and parser.get("overlap") == 0.25
     assert parser.get("prepare_batch")["extra_keys"] == {"condition": "regions"}
 

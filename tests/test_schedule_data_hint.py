@@ -45,6 +45,7 @@ def test_each_bundle_prints_its_own_data_description(caplog, bundle, hint, wrong
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "train.json"))
+    parser["bundle_root"] = f"bundles/{bundle}"  # a plain ConfigParser (no MONAI workflow) gets "." otherwise
     with caplog.at_level("INFO", logger="monai_rat.bundle"):
         parser.get_parsed_content("schedule")
     assert f"({hint}; see bundles/{bundle}/docs/README.md)" in caplog.text
