@@ -134,6 +134,7 @@ TASKS = {
         to_display=None,  # scaled to the target's 99.5th percentile
         error_scale=None,
         input_name="low-count input",
+        sliced=True,  # volumes, scored per non-air slice (the bundle's PETSliceDataset and per_slice.csv)
     ),
     "pathology": dict(
         bundle="bundles/pathology",
@@ -326,7 +327,17 @@ def best_val(run: Run) -> float:
 
 # ----------------------------------------------------------------------------------------------- scores
 def per_image(run: Run, metric: str, eval_name: str = "eval") -> dict[str, float]:
-    """Per-image test scores of an evaluated run: {image name: value} from MONAI's MetricsSaver CSV in ``eval_name``."""
+    """Per-image test scores of an evaluated run: {image name: value} from MONAI's MetricsSaver CSV in ``eval_name``.
+
+    A bundle that scores slices of volumes (PET) names only the volume in that CSV, once per slice; its
+    ``per_slice.csv`` (``volume, slice_index, psnr, ssim, ...``) is read instead, each slice named as the
+    bundle names its panels and predictions (``<volume>_slice<k>``, :func:`monai_rat.engines.panels.image_name`).
+    """
+    sliced = run.out_dir / eval_name / "per_slice.csv"
+    if sliced.is_file():
+        column = {"val_psnr": "psnr", "val_ssim": "ssim", "input_psnr": "input_psnr", "input_ssim": "input_ssim"}[metric]
+        with open(sliced, newline="") as f:
+            return {slice_name(r["volume"], r["slice_index"]): float(r[column]) for r in csv.DictReader(f)}
     path = run.out_dir / eval_name / f"{metric}_raw.csv"
     out: dict[str, float] = {}
     with open(path, newline="") as f:
@@ -338,6 +349,13 @@ def per_image(run: Run, metric: str, eval_name: str = "eval") -> dict[str, float
             except ValueError:
                 continue
     return out
+
+
+def slice_name(volume: str, slice_index) -> str:
+    """The name the bundles give slice ``slice_index`` of ``volume`` (panels, predictions, per-slice scores)."""
+    from monai_rat.engines.panels import image_name
+
+    return image_name({"name": str(volume), "slice_index": int(slice_index)})
 
 
 def _stem(path: str) -> str:
@@ -370,8 +388,10 @@ def summarise(per_seed: list[dict[str, float]], subset: set[str] | None = None) 
 
 
 # ----------------------------------------------------------------------------------------------- classical
-#: classical denoisers tuned as a factor on each image's own noise estimate (ClassicalRestore's
-#: noise_relative): a fixed weight tuned on validation slices mis-serves test slices of another noise level
+#: classical denoisers whose parameter is tried both as one fixed weight and as a factor on each image's own
+#: noise estimate (ClassicalRestore's noise_relative), the better on validation kept: a fixed weight tuned on
+#: validation slices mis-serves test slices of another noise level (CT), and a noise estimate can be far off
+#: (PET slices that are mostly air)
 NOISE_RELATIVE = ("tv", "nlm", "bm3d")
 
 
@@ -390,9 +410,19 @@ def load_split(task: str, args, split: str) -> list[dict]:
     cwd = os.getcwd()
     os.chdir(ROOT)  # relative paths in the arguments are the repository root's, as for the training commands
     try:
+        out = []
+        if TASKS[task].get("sliced"):
+            # volumes scored slice by slice (PET): the bundle's own validation dataset over this split, so the
+            # slices (air-only ones dropped) and their names are the ones the bundle's evaluation scores
+            parser["validate#dataset#data"] = f"$@datalist[{split!r}]"
+            for d in parser.get_parsed_content("validate#dataset"):
+                volume = getattr(d["image"], "meta", {}).get("filename_or_obj", "")
+                name = slice_name(volume, d["slice_index"])
+                out.append({"name": name, "item": {"image": str(volume), "slice_index": int(d["slice_index"]), "name": name},
+                            "image": np.asarray(d["image"], dtype=np.float64), "label": np.asarray(d["label"], dtype=np.float64)})
+            return out
         items = parser.get_parsed_content("datalist")[split]
         transform = parser.get_parsed_content("validate#preprocessing")
-        out = []
         for item in items:
             d = transform(dict(item))
             out.append({"name": _stem(item.get("image")) if not item.get("name") else item["name"], "item": item,
@@ -425,8 +455,14 @@ def classical_scores(task: str, args, work: Path, test: list[dict]) -> dict:
                 continue
         t0 = time.time()
         vx = [lowres(d) if sr else d["image"] for d in val]
-        options = {"noise_relative": True} if method in NOISE_RELATIVE else {}
-        tuned = tune_classical(method, vx, [d["label"] for d in val], progress=not args.no_progress, **options)
+        # a noise-dependent filter is tuned in both parameterisations, on validation only, and the better kept:
+        # a factor on each image's own noise estimate (CT: test slices of another noise level), or one fixed
+        # weight (PET: a wavelet noise estimate on slices that are mostly air is far too low)
+        tried = {}
+        for options in ([{"noise_relative": True}, {}] if method in NOISE_RELATIVE else [{}]):
+            result = tune_classical(method, vx, [d["label"] for d in val], progress=not args.no_progress, **options)
+            tried[json.dumps(options)] = (result, options)
+        tuned, options = max(tried.values(), key=lambda t: t[0].best_psnr)
         restore = tuned.as_transform()
         psnr, ssim = {}, {}
         for d in test:
@@ -435,6 +471,7 @@ def classical_scores(task: str, args, work: Path, test: list[dict]) -> dict:
             ssim[d["name"]] = float(_ssim(d["label"], out, structural_similarity))
             np.save(work / "classical_predictions" / f"{method}__{d['name']}.npy", out.astype(np.float32))
         done[method] = {"parameter": tuned.best_parameter, "options": options, "val_psnr": tuned.best_psnr,
+                        "tried": [{"options": o, "parameter": r.best_parameter, "val_psnr": r.best_psnr} for r, o in tried.values()],
                         "tuned_on": [d["name"] for d in val], "psnr": psnr, "ssim": ssim, "seconds": round(time.time() - t0, 1)}
         cache.write_text(json.dumps(done, indent=1))
         print(f"  classical {method}: parameter {tuned.best_parameter}, validation {tuned.best_psnr:.2f} dB, "

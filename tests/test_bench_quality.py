@@ -69,6 +69,25 @@ def test_an_x8_row_has_no_validation_or_training_time_of_its_own():
     assert line.split(" | ")[3] == "-" and line.rstrip(" |").endswith("-")
 
 
+def test_sliced_scores_are_read_per_slice_and_named_as_the_bundle_names_predictions(tmp_path):
+    """PET scores slices of volumes: MetricsSaver's CSV names only the volume (once per slice, so a dict by file
+    name would keep one slice per volume); the per-slice CSV gives each slice under its prediction's name."""
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    vol = "/data/low_dose/test_00_mrsmall.nii.gz"
+    (ev / "val_psnr_raw.csv").write_text(f"filename,class0,mean\n{vol},30.0,30.0\n{vol},31.0,31.0\n")
+    (ev / "per_slice.csv").write_text("volume,slice_index,psnr,ssim,input_psnr,input_ssim\n"
+                                      f"{vol},1,30.0,0.9,28.0,0.8\n{vol},12,31.0,0.91,29.0,0.81\n")
+    run = bq.Run(bq.QUICK_METHODS["rat"], 1e-3, 0, tmp_path)
+    assert bq.per_image(run, "val_psnr") == {"test_00_mrsmall_slice001": 30.0, "test_00_mrsmall_slice012": 31.0}
+    assert bq.per_image(run, "input_ssim") == {"test_00_mrsmall_slice001": 0.8, "test_00_mrsmall_slice012": 0.81}
+    from monai_rat.engines.panels import image_name
+
+    assert bq.slice_name(vol, 12) == image_name({"name": vol, "slice_index": 12})
+    (ev / "per_slice.csv").unlink()  # a 2D bundle: one row per image file
+    assert bq.per_image(run, "val_psnr") == {"test_00_mrsmall": 31.0}
+
+
 def test_summary_statistics():
     per_seed = [{"a": 40.0, "b": 42.0}, {"a": 41.0, "b": 45.0}]
     s = bq.summarise(per_seed)
