@@ -4,8 +4,9 @@
 and ``monailabel.tasks.train.bundle.BundleTrainTask`` (what MONAI Label's ``monaibundle`` sample app
 does). One server for the module: ``monailabel start_server`` on 127.0.0.1 and a free port, serving a
 copy of ``bundles/ct`` whose ``models/model.pt`` is the checkpoint of a tiny training run of the bundle
-(4 iterations, ``feature_size`` 8). The stock task takes no config overrides; the checkpoint's network
-record gives ``inference.json`` its network (name, width, network_kwargs), so none is needed.
+(4 iterations, ``feature_size`` 8), and a second copy without a checkpoint (``ct_missing``). The stock
+task takes no config overrides; the checkpoint's network record gives ``inference.json`` its network
+(name, width, network_kwargs), so none is needed.
 
 What these tests pin down (measured with MONAI Label 0.8.5; docs/monailabel.md, "MONAI Label's stock
 bundle app", says the same):
@@ -17,6 +18,7 @@ bundle app", says the same):
   is written as the first spatial axis, so the result does not lie where the input lies;
 - a one-slice volume ``(H, W, 1)`` comes back resized to ``(1, W, 1)`` (MONAI Label's ``Restored``
   resizes to the last two entries of the input's spatial shape): unusable;
+- a bundle without ``models/model.pt`` has no infer task (a request for it is a bare HTTP 500);
 - a volume ``(H, W, D)`` is an HTTP 500 (``Internal Server Error``, no message in the answer; the
   server log names the reason: the bundle's 2D slice check);
 - ``POST /train/ct`` runs one epoch through the stock train task, fine-tuning the served checkpoint on
@@ -89,6 +91,7 @@ def stock(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monailabel_stock")
     bundle = tmp / "bundles" / "ct"
     shutil.copytree(REPO / "bundles" / "ct" / "configs", bundle / "configs")
+    shutil.copytree(REPO / "bundles" / "ct" / "configs", tmp / "bundles" / "ct_missing" / "configs")  # no checkpoint
     train_tiny(tmp, bundle / "models" / "model.pt")
     # The stock train task passes the bundle only max_epochs, the datalists, the device and its handlers;
     # one epoch of this bundle is val_interval iterations (demo schedule: 300) and no request setting
@@ -101,7 +104,8 @@ def stock(tmp_path_factory):
     studies = tmp / "studies"
     write_training_pairs(studies)
     log = tmp / "server.log"
-    args = monailabel_command(STOCK_APP, free_port(), studies, write_log_config(tmp), [("bundles", str(bundle))])
+    conf = [("bundles", f"{bundle},{bundle.parent / 'ct_missing'}")]
+    args = monailabel_command(STOCK_APP, free_port(), studies, write_log_config(tmp), conf)
     with running_server(args, tmp, log) as (url, _proc, start_s):
         print(f"\nstock server answered /info/ {start_s:.1f} s after start")
         yield StockServer(url, log, bundle, tmp)
@@ -123,7 +127,8 @@ def local_inference(bundle: Path, src: Path, out_dir: Path, tmp: Path) -> np.nda
 
 def test_info_types_the_restoration_bundle_as_segmentation(stock):
     info = requests.get(f"{stock.url}/info/", timeout=30).json()
-    assert set(info["models"]) == {"ct"} and set(info["trainers"]) == {"ct"}, (info["models"], info["trainers"])
+    # without models/model.pt the stock infer task is invalid and left out; its train task is there
+    assert set(info["models"]) == {"ct"} and set(info["trainers"]) == {"ct", "ct_missing"}, (info["models"], info["trainers"])
     model = info["models"]["ct"]
     # BundleInferTask._get_type: no 'deepedit' / 'deepgrow' / 'detection' / 'segmentation' / 'classification'
     # in the folder name -> segmentation; the labels come from metadata.json's output channel_def {"0": "image"}
@@ -176,6 +181,17 @@ def test_volume_is_a_bare_500_and_the_log_names_the_reason(stock, tmp_path):
     text = log_tail(stock.log, 200000)
     assert SLICE_CHECK in text and "got shape (1, 48, 64, 3)" in text, text[-4000:]
     assert requests.get(f"{stock.url}/info/", timeout=30).status_code == 200  # the server stays up
+
+
+def test_model_without_checkpoint_is_a_bare_500(stock, tmp_path):
+    src = save_nifti(tmp_path / "slice.nii.gz", phantom((32, 32), 4), AFFINE)
+    files = {"file": (src.name, src.read_bytes(), "application/octet-stream")}
+    r = requests.post(f"{stock.url}/infer/ct_missing", params={"output": "image"}, files=files, timeout=60)
+    assert r.status_code == 500 and r.text == "Internal Server Error", (r.status_code, r.text)
+    deadline = time.time() + 10
+    while "There is no model 'ct_missing' available" not in log_tail(stock.log, 200000) and time.time() < deadline:
+        time.sleep(0.2)
+    assert "There is no model 'ct_missing' available" in log_tail(stock.log, 200000)  # MONAI Label's reason, in the log only
 
 
 def test_train_one_tiny_epoch_through_the_stock_train_task(stock):
