@@ -115,7 +115,7 @@ def local_inference(bundle: Path, src: Path, out_dir: Path, tmp: Path) -> np.nda
     """The bundle's own inference on ``src``: ``python -m monai.bundle run --config_file .../inference.json``."""
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json")]
     args += ["--input_path", str(src), "--output_dir", str(out_dir)]
-    env = dict(os.environ, MONAI_RAT_CACHE=str(tmp / "user_cache"), OMP_NUM_THREADS="1")  # the server's region cache
+    env = dict(os.environ, MONAI_RAT_CACHE=str(tmp / "local_cache"), OMP_NUM_THREADS="1")  # its own region maps
     env.pop("MONAI_RAT_SAM_CHECKPOINT", None)
     run = subprocess.run(args, cwd=str(tmp), env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
