@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 
@@ -59,6 +60,25 @@ def test_header_and_checked_loaders_name_the_file(tmp_path):
     assert load({"image": str(vol), "label": str(vol)})["label"].shape == (1, 30, 20, 4)
     with pytest.raises(ValueError, match=r"t\.nii\.gz"):
         load({"image": str(vol), "label": str(bad)})
+
+
+def test_checked_loader_takes_attribute_writes_as_monai_label_makes_them(tmp_path):
+    """MONAI Label's BundleInferTask sets ``t._loader.image_only = False`` on the bundle's loader to get the
+    image's metadata (affine, shape); the write must reach the wrapped ``LoadImage``, or ``LoadImaged`` reads
+    the wrapper's False while the loader still returns the image alone (a ValueError, the stock app's HTTP 500)."""
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    vol = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((30, 20)).astype(np.float32), affine), str(vol))
+    load = LoadImageCheckedd("image", image_only=True, ensure_channel_first=True)
+    load._loader.image_only = False  # what monailabel.tasks.infer.bundle.BundleInferTask.pre_transforms does
+    assert load._loader.loader.image_only is False
+    d = load({"image": str(vol)})
+    assert d["image"].shape == (1, 30, 20) and "image_meta_dict" in d
+    np.testing.assert_allclose(d["image_meta_dict"]["affine"], affine)
+    for copied in (pickle.loads(pickle.dumps(load)), copy.deepcopy(load)):  # workers, MONAI Label's deep copies
+        assert copied._loader.image_only is False and "image_meta_dict" in copied({"image": str(vol)})
+    with pytest.raises(ValueError, match=r"t\.nii\.gz"):  # still names a bad file
+        load({"image": str(_truncate(_nii(tmp_path / "t.nii.gz", (30, 20, 4), np.random.default_rng(1).random((30, 20, 4)))))})
 
 
 def test_pet_slice_dataset_min_size(tmp_path):

@@ -11,12 +11,8 @@ Needs the ``monailabel`` extra (``pip install -e ".[test,monailabel]"``); skippe
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,67 +25,26 @@ pytest.importorskip("monailabel", reason="needs the monailabel extra: pip instal
 
 import nibabel as nib  # noqa: E402
 import requests  # noqa: E402
+from monailabel_helpers import (  # noqa: E402
+    AFFINE,
+    REPO,
+    TINY,
+    free_port,
+    monailabel_command,
+    phantom,
+    running_server,
+    save_nifti,
+    server_env,
+    train_tiny,
+    write_log_config,
+)
 
 from monai_rat.apps.monailabel import APP_DIR  # noqa: E402
 from monai_rat.networks import RAT  # noqa: E402
 from monai_rat.transforms import RegionPartition  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"feature_size": 8}  # the bundle overrides of the tiny training run; the server gets the same
 HU_WINDOW = (-1024.0, 3072.0)
 REGION_WINDOW = (-160.0, 240.0)
-AFFINE = np.array([[0.7, 0.05, 0.0, -120.0], [0.0, -0.7, 0.0, 85.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
-
-
-def tiny_rat(ckpt_path: Path) -> RAT:
-    """The network the bundle's network_def builds for ``ckpt_path`` (its record) with the TINY overrides."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "ct" / "configs" / "inference.json"))
-    parser["ckpt_path"] = str(ckpt_path)
-    for key, value in TINY.items():
-        parser[key] = value
-    net = parser.get_parsed_content("network_def#network")
-    assert isinstance(net, RAT)  # the bundle's default network_name
-    return net
-
-
-def train_tiny(work: Path, dest: Path) -> RAT:
-    """A tiny training run of the CT bundle (``python -m monai.bundle run training``, 4 iterations on the demo data);
-    its best checkpoint is copied to ``dest`` (the bundle's ``models/model.pt``) and returned as a local model."""
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/ct/train.json"]
-    args += ["--output_dir", str(work / "train"), "--region_cache_dir", str(work / "train_regions")]
-    args += ["--num_iterations", "4", "--val_interval", "2", "--batch_size", "2", "--patch_size", "[32,32]"]
-    args += [a for k, v in TINY.items() for a in (f"--{k}", str(v))]
-    env = dict(os.environ, MONAI_RAT_CACHE=str(work / "data_cache"), OMP_NUM_THREADS="1")
-    env.pop("MONAI_RAT_SAM_CHECKPOINT", None)
-    run = subprocess.run(args, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "train" / "models" / "model.pt", dest)
-    model = tiny_rat(dest)
-    model.load_state_dict(torch.load(dest, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def phantom(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """A CT-like slice or volume in HU: air, a body ellipse, two inserts, noise."""
-    rng = np.random.default_rng(seed)
-    h, w = shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.full((h, w), -1000.0)
-    img[((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 <= 1] = 40.0
-    img[((yy - h * 0.4) / (0.1 * h)) ** 2 + ((xx - w * 0.35) / (0.1 * w)) ** 2 <= 1] = 300.0
-    img[((yy - h * 0.6) / (0.12 * h)) ** 2 + ((xx - w * 0.62) / (0.08 * w)) ** 2 <= 1] = -80.0 + 10 * seed
-    if len(shape) == 3:
-        img = np.stack([img + 15.0 * k for k in range(shape[2])], axis=-1)
-    return (img + rng.normal(0, 25.0, img.shape)).astype(np.float32)
-
-
-def save_nifti(path: Path, arr: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(arr, AFFINE), str(path))
-    return path
 
 
 def local_regions(hu2d: np.ndarray) -> np.ndarray:
@@ -110,53 +65,14 @@ def local_restore(model: RAT, hu: np.ndarray) -> np.ndarray:
     return out[0] if hu.ndim == 2 else np.stack(out, axis=-1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_command(
     port: int, studies: Path, bundles: Path, log_config: Path, models: tuple[str, ...] = ("ct", "ct_missing")
 ) -> list[str]:
-    """``monailabel start_server`` (the installed launcher, run with this interpreter) with the tiny-model overrides."""
-    launcher = Path(sys.executable).parent / "monailabel"
-    head = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "monailabel.main"]
-    conf = ["models", ",".join(models), "bundles", str(bundles)]
+    """``monailabel start_server`` with monai-rat's app and the tiny-model overrides."""
+    conf = [("models", ",".join(models)), ("bundles", str(bundles))]
     for model in (m for m in models if (bundles / m).is_dir()):
-        for k, v in TINY.items():
-            conf += [f"{model}.{k}", str(v)]
-    args = head + ["start_server", "--app", APP_DIR, "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
-    for k, v in zip(conf[::2], conf[1::2]):
-        args += ["--conf", k, v]
-    return args + ["-l", str(log_config)]
-
-
-def server_env(tmp: Path) -> dict:
-    env = dict(os.environ)
-    env.pop("MONAI_RAT_SAM_CHECKPOINT", None)  # superpixel region maps, as local_regions
-    env.update(
-        {
-            "MONAILABEL_PYEXE": sys.executable,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
-            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-            "MONAI_RAT_DEVICE": "cpu",
-            "MONAI_RAT_CACHE": str(tmp / "user_cache"),  # the region cache's default: not the user's own
-            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
-        }
-    )
-    return env
-
-
-def write_log_config(tmp: Path) -> Path:
-    import monailabel
-
-    text = (Path(monailabel.__file__).parent / "logging.json").read_text()
-    text = text.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log"))
-    path = tmp / "logging.json"
-    path.write_text(text)
-    return path
+        conf += [(f"{model}.{k}", str(v)) for k, v in TINY.items()]
+    return monailabel_command(APP_DIR, port, studies, log_config, conf)
 
 
 class Server:
@@ -165,9 +81,6 @@ class Server:
     def __init__(self, url: str, proc: subprocess.Popen, log: Path, model: RAT, bundles: Path) -> None:
         self.url, self.proc, self.log, self.model, self.bundles = url, proc, log, model, bundles
         self.start_s = 0.0
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
     def post(self, task: str, path: Path | None = None, data: bytes | None = None, name: str | None = None, **params) -> requests.Response:
         content = data if data is not None else path.read_bytes()
@@ -185,43 +98,12 @@ def server(tmp_path_factory):
     studies = tmp / "studies"
     studies.mkdir()
     save_nifti(studies / "study_0.nii.gz", phantom((64, 48), 0))
-    port = free_port()
     log = tmp / "server.log"
-    t0 = time.time()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            server_command(port, studies, bundles, write_log_config(tmp)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=server_env(tmp),
-            cwd=str(tmp),
-            start_new_session=True,
-        )
-    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, bundles)
-    try:
-        deadline = time.time() + 150
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode} before answering /info/:\n{srv.log_tail()}")
-            try:
-                if requests.get(f"{srv.url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"no /info/ within 150 s:\n{srv.log_tail()}")
-            time.sleep(0.5)
-        srv.start_s = time.time() - t0
+    with running_server(server_command(free_port(), studies, bundles, write_log_config(tmp)), tmp, log) as (url, proc, start_s):
+        srv = Server(url, proc, log, model, bundles)
+        srv.start_s = start_s
         print(f"\nserver answered /info/ {srv.start_s:.1f} s after start")
         yield srv
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def test_info_lists_tasks_with_descriptions(server):

@@ -130,10 +130,16 @@ def _load_naming_file(load: Any, filename: Any, reader: Any):
 
 
 class _CheckedLoader:
-    """Wraps ``LoadImaged``'s array loader so that its read errors name the file."""
+    """Wraps ``LoadImaged``'s array loader so that its read errors name the file.
+
+    Attribute reads *and writes* go to the wrapped ``LoadImage``: ``LoadImaged`` reads
+    ``self._loader.image_only`` to decide whether the loader returned ``(image, meta)``, and MONAI
+    Label's ``BundleInferTask`` sets ``t._loader.image_only = False`` to get the metadata; a write kept
+    on the wrapper would leave the loader returning the image alone (``LoadImaged`` then raises).
+    """
 
     def __init__(self, loader: LoadImage) -> None:
-        self.loader = loader
+        object.__setattr__(self, "loader", loader)
 
     def __call__(self, filename: Any, reader: Any = None):
         return _load_naming_file(self.loader, filename, reader)
@@ -142,6 +148,12 @@ class _CheckedLoader:
         if "loader" not in self.__dict__:  # while unpickling (DataLoader workers)
             raise AttributeError(name)
         return getattr(self.__dict__["loader"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # image_only, readers ...: the wrapped loader's
+        if name == "loader":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.loader, name, value)
 
 
 class LoadImageCheckedd(LoadImaged):
