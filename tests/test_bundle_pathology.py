@@ -36,7 +36,9 @@ def test_tiny_training_run(trained):
         assert np.isfinite(float(r["val_psnr"])) and np.isfinite(float(r["val_ssim"])) and float(r["train_loss"]) > 0
     from monai_rat.networks import RAT
 
-    net = RAT(in_channels=3, out_channels=3, feature_size=8)
+    # the demo schedule's RAT (its network_kwargs) at the tiny width: a plain state dict that loads into it
+    demo = json.loads((ROOT / "bundles" / "pathology" / "train.json").read_text())["schedules"]["demo"]
+    net = RAT(in_channels=3, out_channels=3, feature_size=8, **demo["network_kwargs"]["rat"])
     net.load_state_dict(torch.load(out_dir / "models" / "model.pt", weights_only=True))
     history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
     assert history[-1]["lr"] == pytest.approx(1e-6)
@@ -115,7 +117,8 @@ def test_verify_net_in_out(trained):
     """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
     log = run_bundle(
         ["verify_net_in_out", "network_def", "--meta_file", "bundles/pathology/configs/metadata.json", "--config_file",
-         "bundles/pathology/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
+         "bundles/pathology/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions"),
+         "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt")],  # the tiny run's network (its record)
         trained["work"] / "cache",
     )  # fmt: skip
     assert "data shape of network is verified with no error" in log

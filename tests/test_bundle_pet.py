@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import TINY, run_bundle
+from bundle_helpers import ROOT, TINY, run_bundle
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ def test_tiny_training_run(trained):
         assert np.isfinite(float(r["val_psnr"])) and np.isfinite(float(r["val_ssim"])) and float(r["train_loss"]) > 0
     from monai_rat.networks import RAT
 
-    net = RAT(in_channels=1, out_channels=1, feature_size=8)
+    # the demo schedule's RAT (its network_kwargs) at the tiny width: a plain state dict that loads into it
+    demo = json.loads((ROOT / "bundles" / "pet" / "train.json").read_text())["schedules"]["demo"]
+    net = RAT(in_channels=1, out_channels=1, feature_size=8, **demo["network_kwargs"]["rat"])
     net.load_state_dict(torch.load(out_dir / "models" / "model.pt", weights_only=True))
     history = json.loads((out_dir / "logs" / "metrics.json").read_text())["history"]
     assert history[-1]["lr"] == pytest.approx(1e-6)
@@ -129,7 +131,8 @@ def test_verify_net_in_out(trained):
     """MONAI's own check of metadata.json's network_data_format against the inference network (image only)."""
     log = run_bundle(
         ["verify_net_in_out", "network_def", "--meta_file", "bundles/pet/configs/metadata.json", "--config_file",
-         "bundles/pet/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions")],
+         "bundles/pet/configs/inference.json", "--feature_size", "8", "--region_cache_dir", str(trained["work"] / "regions"),
+         "--ckpt_path", str(trained["out_dir"] / "models" / "model.pt")],  # the tiny run's network (its record)
         trained["work"] / "cache",
     )  # fmt: skip
     assert "data shape of network is verified with no error" in log
