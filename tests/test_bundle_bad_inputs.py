@@ -178,7 +178,8 @@ def runs(tmp_path_factory) -> dict:
     cases = _cases(w)
     # the inference cases need a checkpoint of the tiny network: the bundle's own network_def, saved by a
     # bundle command whose "run" is overridden
-    save = [["run", "--config_file", f"bundles/{b}/inference.json", "--feature_size", "8",
+    # (--ckpt_path to no file: the network is built from --feature_size, not read from the shipped demo weights)
+    save = [["run", "--config_file", f"bundles/{b}/inference.json", "--feature_size", "8", "--ckpt_path", str(w / "none.pt"),
              "--region_cache_dir", str(w / "regions"), "--run", f"$torch.save(@network_def.state_dict(), {str(w / f'{b}_model.pt')!r})"]
             for b in ("ct", "pet", "pathology")]  # fmt: skip
     results = run_bundle_commands(save + [args for args, _, _ in cases.values()], w / "cache", w / "logs")

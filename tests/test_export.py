@@ -166,7 +166,7 @@ def test_bundle_export_routes_are_exact_on_unseen_maps(bundle, tmp_path):
     net = _randomised(RAT(in_channels=channels, out_channels=channels, feature_size=8), seed=1)
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
-    common = ["--ckpt_file", str(ckpt), "--meta_file", config.replace("inference.json", "metadata.json"),
+    common = ["--ckpt_file", str(ckpt), "--ckpt_path", str(ckpt), "--meta_file", config.replace("inference.json", "metadata.json"),
               "--config_file", config, "--feature_size", "8", "--input_shape", f"[1, {channels + 1}, {SIZE}, {SIZE}]"]  # fmt: skip
     commands = [["ckpt_export", "network_export", "--filepath", str(tmp_path / "model.ts"), "--use_trace", "True", *common]]
     if HAVE_ONNX:
