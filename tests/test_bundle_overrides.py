@@ -133,8 +133,8 @@ def test_infer_workflow_has_the_standard_properties_and_reads_dataset_dir(bundle
     else:
         nib.save(nib.Nifti1Image(np.ones((32, 32) if bundle == "ct" else (32, 32, 2), np.float32), np.eye(4)), str(data / "a.nii.gz"))
     workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / bundle / "inference.json"), workflow_type="infer",
-                              dataset_dir=str(data), output_dir=str(tmp_path / "out"), feature_size=8,
-                              region_cache_dir=str(tmp_path / "regions"))  # fmt: skip
+                              dataset_dir=str(data), output_dir=str(tmp_path / "out"),
+                              region_cache_dir=str(tmp_path / "regions"))  # fmt: skip (the shipped demo weights)
     assert _check_properties(workflow) == []
     assert [d["image"] for d in workflow.dataset.data] == [str(next(data.iterdir()))]
     assert workflow.bundle_root == str(ROOT / "bundles" / bundle)
