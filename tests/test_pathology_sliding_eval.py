@@ -27,12 +27,15 @@ PSNR_TOL = 1e-4  # dB
 TEST_CROPS = {"t1": (slice(200, 300), slice(100, 240)), "t2": (slice(300, 404), slice(260, 396))}
 
 
-def _merged_parser(feature_size: int):
+def _merged_parser(feature_size: int, dataset_dir: str = ""):
+    """The merged evaluation config; ``dataset_dir`` as the command gets it (it picks the schedule, and with it
+    the network's arguments: the demo's 2 x 2 latent layers, or the paper schedule's defaults)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "bundles" / "pathology" / "train.json"), str(ROOT / "bundles" / "pathology" / "evaluate.json")])
     parser["feature_size"] = feature_size
+    parser["dataset_dir"] = dataset_dir
     return parser
 
 
@@ -50,7 +53,7 @@ def evaluated(tmp_path_factory) -> dict:
     for name, crop in TEST_CROPS.items():
         Image.fromarray(src[crop]).save(work / "data" / "test" / f"{name}.png")
     torch.manual_seed(0)
-    rat = _merged_parser(8).get_parsed_content("rat_def")  # the bundle's own architecture, random weights
+    rat = _merged_parser(8, str(work / "data")).get_parsed_content("rat_def")  # the bundle's own architecture, random weights
     torch.save(rat.state_dict(), work / "model.pt")
 
     env = dict(os.environ, MONAI_RAT_CACHE=str(work / "cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -114,7 +117,7 @@ def test_evaluation_equals_sliding_window_by_hand_not_whole_image(evaluated):
     from monai_rat.transforms import RegionPartitiond
 
     work = evaluated["work"]
-    rat = _merged_parser(8).get_parsed_content("rat_def")
+    rat = _merged_parser(8, str(work / "data")).get_parsed_content("rat_def")
     rat.load_state_dict(torch.load(work / "model.pt", weights_only=True))
     net = ConditionRegionsNetwork(rat.eval())
     load = Compose(pathology_load_transforms(4) + [RegionPartitiond("image", "regions", method="auto", window=(0.0, 1.0))])
