@@ -458,11 +458,9 @@ def classical_scores(task: str, args, work: Path, test: list[dict]) -> dict:
         # a noise-dependent filter is tuned in both parameterisations, on validation only, and the better kept:
         # a factor on each image's own noise estimate (CT: test slices of another noise level), or one fixed
         # weight (PET: a wavelet noise estimate on slices that are mostly air is far too low)
-        tried = {}
-        for options in ([{"noise_relative": True}, {}] if method in NOISE_RELATIVE else [{}]):
-            result = tune_classical(method, vx, [d["label"] for d in val], progress=not args.no_progress, **options)
-            tried[json.dumps(options)] = (result, options)
-        tuned, options = max(tried.values(), key=lambda t: t[0].best_psnr)
+        tried = [(tune_classical(method, vx, [d["label"] for d in val], progress=not args.no_progress, **options), options)
+                 for options in ([{"noise_relative": True}, {}] if method in NOISE_RELATIVE else [{}])]
+        tuned, options = max(tried, key=lambda t: t[0].best_psnr)
         restore = tuned.as_transform()
         psnr, ssim = {}, {}
         for d in test:
@@ -471,7 +469,7 @@ def classical_scores(task: str, args, work: Path, test: list[dict]) -> dict:
             ssim[d["name"]] = float(_ssim(d["label"], out, structural_similarity))
             np.save(work / "classical_predictions" / f"{method}__{d['name']}.npy", out.astype(np.float32))
         done[method] = {"parameter": tuned.best_parameter, "options": options, "val_psnr": tuned.best_psnr,
-                        "tried": [{"options": o, "parameter": r.best_parameter, "val_psnr": r.best_psnr} for r, o in tried.values()],
+                        "tried": [{"options": o, "parameter": r.best_parameter, "val_psnr": r.best_psnr} for r, o in tried],
                         "tuned_on": [d["name"] for d in val], "psnr": psnr, "ssim": ssim, "seconds": round(time.time() - t0, 1)}
         cache.write_text(json.dumps(done, indent=1))
         print(f"  classical {method}: parameter {tuned.best_parameter}, validation {tuned.best_psnr:.2f} dB, "
